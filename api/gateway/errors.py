@@ -1,0 +1,117 @@
+"""One exception handler: every failure becomes problem+json naming the field at fault."""
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied
+from django.db import DatabaseError, IntegrityError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from .problems import PROBLEM_CONTENT_TYPE, field_error, problem, problem_response
+
+log = logging.getLogger(__name__)
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state."
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(detail)
+        self.field = field
+
+
+class FieldError(exceptions.ValidationError):
+    """A 400 about one named field (a query parameter, a header or a body field)."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__({field: [detail]})
+
+
+class Unavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "A dependency is unavailable; retry shortly."
+
+
+def _flatten(detail, prefix: str = "") -> list[dict]:
+    """DRF's nested error dicts/lists into [{field, pointer, detail}]."""
+    if isinstance(detail, dict):
+        out = []
+        for key, value in detail.items():
+            name = "(body)" if key in ("non_field_errors",) else (f"{prefix}.{key}" if prefix else str(key))
+            out += _flatten(value, name)
+        return out
+    if isinstance(detail, list):
+        if all(not isinstance(item, (dict, list)) for item in detail):
+            return [field_error(prefix or "(body)", str(item)) for item in detail]
+        out = []
+        for index, item in enumerate(detail):
+            out += _flatten(item, f"{prefix}.{index}" if prefix else str(index))
+        return out
+    return [field_error(prefix or "(body)", str(detail))]
+
+
+TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+          405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict", 413: "Content Too Large",
+          415: "Unsupported Media Type", 429: "Too Many Requests", 503: "Service Unavailable"}
+
+
+def exception_handler(exc, context):
+    request = context.get("request")
+    headers = {}
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "No such resource.")
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    elif isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
+        # An unreachable or failing database: say so and invite a retry, never a bare 500.
+        log.warning("database error: %s", exc)
+        exc = Unavailable(f"The database is unavailable: {type(exc).__name__}.")
+        headers["Retry-After"] = "1"
+    if not isinstance(exc, exceptions.APIException):
+        return None  # a real bug: Django's handler500 answers with problem+json
+
+    code = exc.status_code
+    if isinstance(exc, Conflict):
+        errors = [field_error(exc.field, str(exc.detail))]
+        body = problem(code, TITLES[code], str(exc.detail), kind="conflict", errors=errors)
+    elif isinstance(exc, exceptions.ValidationError):
+        errors = _flatten(exc.detail)
+        body = problem(code, TITLES[code], "; ".join(f"{e['field']}: {e['detail']}" for e in errors),
+                       kind="validation", errors=errors)
+    elif isinstance(exc, exceptions.ParseError):
+        body = problem(code, TITLES[code], str(exc.detail), kind="malformed-body",
+                       errors=[field_error("(body)", str(exc.detail))])
+    elif isinstance(exc, exceptions.UnsupportedMediaType):
+        body = problem(code, TITLES[code], str(exc.detail), kind="unsupported-media-type",
+                       errors=[field_error("(header) Content-Type", str(exc.detail))])
+    elif isinstance(exc, exceptions.MethodNotAllowed):
+        body = problem(code, TITLES[code], str(exc.detail), kind="method-not-allowed")
+    else:
+        body = problem(code, TITLES.get(code, "Error"), str(exc.detail))
+    if request is not None and getattr(request, "request_id", None):
+        body["request_id"] = request.request_id
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(exc.wait))
+    response = Response(body, status=code, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
+    response.is_problem = True
+    return response
+
+
+# Django-level handlers, for requests that never reach a DRF view.
+def not_found(request, exception=None):
+    return problem_response(problem(404, "Not Found", f"No resource at {request.path[:200]!r}.", kind="not-found"),
+                            getattr(request, "request_id", None))
+
+
+def bad_request(request, exception=None):
+    return problem_response(problem(400, "Bad Request", "The request could not be understood."),
+                            getattr(request, "request_id", None))
+
+
+def server_error(request):
+    return problem_response(problem(500, "Internal Server Error",
+                                    "An unexpected error occurred; it has been logged with this request id."),
+                            getattr(request, "request_id", None))

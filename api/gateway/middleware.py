@@ -1,0 +1,60 @@
+"""The in-process gateway: request id, app-server stamp, body size and content-type limits.
+
+It runs first, so even a request rejected here carries X-Request-Id and X-App-Server.
+Authentication, RBAC, rate limiting and shedding join this module's pipeline in later issues.
+"""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from django.conf import settings
+
+from api import faults
+
+from .problems import field_error, problem, problem_response
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+class GatewayMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        given = request.headers.get("X-Request-Id", "")
+        request.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        faults.arm(request)
+        try:
+            response = self._limits(request) or self.get_response(request)
+        finally:
+            faults.disarm()
+        response["X-Request-Id"] = request.request_id
+        response["X-App-Server"] = settings.APP_SERVER_NAME
+        response["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+        return response
+
+    def _limits(self, request):
+        if not request.path.startswith("/api/v") or request.method not in BODY_METHODS:
+            return None
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        try:
+            length = int(length)
+        except ValueError:
+            return problem_response(problem(400, "Bad Request", "Content-Length is not a number.",
+                                            errors=[field_error("(header) Content-Length", "not a number")]),
+                                    request.request_id)
+        if length > settings.MAX_BODY_BYTES:
+            detail = f"The body is {length} bytes; the limit is {settings.MAX_BODY_BYTES}."
+            return problem_response(problem(413, "Content Too Large", detail, kind="body-too-large",
+                                            errors=[field_error("(body)", detail)]), request.request_id)
+        media_type = request.content_type or ""
+        if media_type != "application/json":
+            detail = f"Send application/json, not {media_type or 'no Content-Type'}."
+            return problem_response(problem(415, "Unsupported Media Type", detail, kind="unsupported-media-type",
+                                            errors=[field_error("(header) Content-Type", detail)]),
+                                    request.request_id)
+        return None

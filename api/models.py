@@ -1,0 +1,67 @@
+"""Data models. User and Post live on the data primary; Account lives in `meta` (see routing.db)."""
+from django.contrib.auth.models import AbstractBaseUser, BaseUserManager
+from django.db import models
+
+
+class User(models.Model):
+    """The API's user resource. Its id is a 64-bit snowflake from api.routing.ids."""
+    id = models.BigIntegerField(primary_key=True)
+    username = models.CharField(max_length=30, unique=True)
+    email = models.CharField(max_length=254, unique=True)
+    name = models.CharField(max_length=100, blank=True, default="")
+    bio = models.TextField(blank=True, default="")
+    post_count = models.IntegerField(default=0)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "api_user"
+
+
+class Post(models.Model):
+    id = models.BigIntegerField(primary_key=True)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="posts", db_index=False)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "api_post"
+        indexes = [
+            # Serves a user's posts newest first and the ?since=&until= time range in one index scan.
+            models.Index(fields=["user", "-created_at", "-id"], name="api_post_user_time"),
+        ]
+
+
+class AccountManager(BaseUserManager):
+    def get_by_natural_key(self, username):
+        return self.get(username=username)
+
+
+class Account(AbstractBaseUser):
+    """Credentials and role, in `meta`. It is also the global uniqueness index of usernames and
+    emails, which stays correct once users are spread over shards.
+
+    Sign-up writes it in two steps (pending, then active) around the data write; see services.
+    """
+    PENDING, ACTIVE, DELETING = "pending", "active", "deleting"
+    ROLES = [("member", "member"), ("moderator", "moderator"), ("admin", "admin")]
+
+    user_id = models.BigIntegerField(primary_key=True)
+    username = models.CharField(max_length=30, unique=True)
+    email = models.CharField(max_length=254, unique=True)
+    role = models.CharField(max_length=16, choices=ROLES, default="member")
+    state = models.CharField(max_length=16, default=ACTIVE)
+    # Fingerprint of the sign-up request, so an identical retry resumes instead of conflicting.
+    signup_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    USERNAME_FIELD = "username"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS = ["email"]
+    objects = AccountManager()
+
+    class Meta:
+        db_table = "meta_account"
+        indexes = [models.Index(fields=["state", "created_at"], name="meta_account_state")]

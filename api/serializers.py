@@ -1,0 +1,68 @@
+"""Request and response shapes. Unknown fields are rejected; ids go out as strings, since 64-bit
+integers overflow JavaScript numbers. DRF's CharField already refuses NUL characters."""
+from rest_framework import serializers
+
+USERNAME_PATTERN = r"^[a-z0-9_]{3,30}$"
+
+
+class StrictSerializer(serializers.Serializer):
+    """Rejects fields it does not know, and read-only fields sent for writing."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            writable = {name for name, field in self.fields.items() if not field.read_only}
+            unknown = sorted(set(data) - writable)
+            if unknown:
+                known = {name for name in self.fields}
+                raise serializers.ValidationError({
+                    name: ["This field is read-only." if name in known else "Unknown field."] for name in unknown
+                })
+        return super().to_internal_value(data)
+
+
+class UserSerializer(StrictSerializer):
+    id = serializers.CharField(read_only=True)
+    username = serializers.RegexField(USERNAME_PATTERN, max_length=30, error_messages={
+        "invalid": "3 to 30 characters of a-z, 0-9 and _."})
+    email = serializers.EmailField(max_length=254)
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    bio = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    password = serializers.CharField(write_only=True, min_length=8, max_length=128, trim_whitespace=False,
+                                     style={"input_type": "password"},
+                                     help_text="Write-only; stored as a hash in `meta`, never returned.")
+    post_count = serializers.IntegerField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
+
+    def validate_email(self, value):
+        return value.lower()
+
+
+class UserUpdateSerializer(StrictSerializer):
+    """PUT replaces email, name and bio; PATCH changes any of them. The username is fixed at sign-up."""
+    email = serializers.EmailField(max_length=254)
+    name = serializers.CharField(max_length=100, allow_blank=True)
+    bio = serializers.CharField(max_length=2000, allow_blank=True)
+
+    def validate_email(self, value):
+        return value.lower()
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and "username" in data:
+            raise serializers.ValidationError({"username": ["The username cannot be changed."]})
+        return super().to_internal_value(data)
+
+
+class PostSerializer(StrictSerializer):
+    id = serializers.CharField(read_only=True)
+    user_id = serializers.CharField(read_only=True)
+    title = serializers.CharField(min_length=1, max_length=200)
+    body = serializers.CharField(max_length=10_000, allow_blank=True, trim_whitespace=False, required=False,
+                                 default="")
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
+
+
+class PageSerializer(serializers.Serializer):
+    """The shape of `data` on every list: a page of results and the next page's URL."""
+    next = serializers.URLField(allow_null=True)

@@ -1,0 +1,229 @@
+"""Writes. Keyword-only `entity_action` functions; views stay thin.
+
+Accounts (meta) and users (data) live in different databases, so a user's sign-up, email change
+and deletion are small state machines on the account row, each step committed on its own:
+
+    sign-up:  account pending  -> user inserted       -> account active
+    email:    account updating -> user updated        -> account active
+    delete:   account deleting -> user (+posts) gone  -> account deleted
+
+While a request runs a protocol it holds a PostgreSQL advisory lock on the user id in `meta`.
+The lock dies with the request's connection, so `accounts_reconcile` can tell a live request
+(lock held: leave it alone) from a dead one (lock free: roll it forward or back). No interleaving
+of a SIGKILL leaves an orphan or a duplicate for longer than one reconcile pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from contextlib import contextmanager
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.hashers import make_password
+from django.db import IntegrityError, connections, transaction
+from django.db.models import F, Q
+from django.http import Http404
+from django.utils import timezone
+
+from api import faults
+from api.gateway.errors import Conflict
+from api.models import Account, Post, User
+from api.routing import ids
+from api.routing.db import META, PRIMARY
+
+
+class InProgress(Conflict):
+    """Another live request holds this account's lock."""
+
+
+@contextmanager
+def account_lock(user_id: int, *, wait: bool):
+    """Hold the advisory lock on `user_id` in meta; yields False if `wait` is off and it is taken."""
+    with connections[META].cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [user_id])
+            got = True
+        else:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [user_id])
+            got = cursor.fetchone()[0]
+        try:
+            yield got
+        finally:
+            if got:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [user_id])
+
+
+def _fingerprint(username: str, email: str, password: str) -> str:
+    message = f"{username}\x00{email}\x00{password}".encode()
+    return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()
+
+
+def user_sign_up(*, username: str, email: str, password: str | None, name: str = "", bio: str = "",
+                 role: str = "member") -> tuple[User, bool]:
+    """Create the account and the user. Returns (user, created): an identical retry of a sign-up
+    that died midway resumes it and returns the same user instead of a conflict."""
+    fingerprint = _fingerprint(username, email, password or "")
+    for _attempt in range(3):
+        user_id = ids.next_id()
+        with account_lock(user_id, wait=True):
+            try:
+                Account.objects.create(user_id=user_id, username=username, email=email, role=role,
+                                       password=make_password(password), state=Account.PENDING,
+                                       signup_fingerprint=fingerprint)
+            except IntegrityError:
+                pass  # someone has this username or email: decide below, outside this lock
+            else:
+                faults.point("signup-after-meta")
+                user = _insert_user(user_id, username, email, name, bio)
+                faults.point("signup-after-data")
+                Account.objects.filter(user_id=user_id).update(state=Account.ACTIVE)
+                return user, True
+        resumed = _resolve_taken(username, email, fingerprint, name, bio)
+        if resumed is not None:
+            return resumed, False
+    raise Conflict("username", "The username or email changed hands repeatedly; retry.")
+
+
+def _resolve_taken(username, email, fingerprint, name, bio) -> User | None:
+    """The username or email is taken. Resume our own dead sign-up, clear a dead stranger's
+    pending one (return None to try again), or report the conflict."""
+    holder = Account.objects.filter(Q(username=username) | Q(email=email)).first()
+    if holder is None:
+        return None  # it was released meanwhile
+    field = "username" if holder.username == username else "email"
+    if holder.state == Account.ACTIVE and holder.signup_fingerprint != fingerprint:
+        raise Conflict(field, f"That {field} is taken.")
+    with account_lock(holder.user_id, wait=False) as got:
+        if not got:
+            raise InProgress(field, f"A sign-up or change of this {field} is in progress; retry shortly.")
+        holder.refresh_from_db()
+        if holder.signup_fingerprint == fingerprint and holder.state in (Account.PENDING, Account.ACTIVE):
+            user = _insert_user(holder.user_id, holder.username, holder.email, name, bio)
+            Account.objects.filter(user_id=holder.user_id).update(state=Account.ACTIVE)
+            return user
+        if holder.state == Account.ACTIVE:
+            raise Conflict(field, f"That {field} is taken.")
+        _reconcile_locked(holder)
+        return None
+
+
+def _insert_user(user_id: int, username: str, email: str, name: str, bio: str) -> User:
+    """Insert the data row, or return it if a previous attempt already did."""
+    now = ids.created_at(user_id)
+    try:
+        with transaction.atomic(using=PRIMARY):
+            return User.objects.create(id=user_id, username=username, email=email, name=name, bio=bio,
+                                       post_count=0, created_at=now, updated_at=now)
+    except IntegrityError:
+        existing = User.objects.filter(id=user_id).first()
+        if existing is None:
+            raise Conflict("username", "The username or email is held by another user.") from None
+        return existing
+
+
+def user_update(*, user_id: int, changes: dict) -> User:
+    user = User.objects.filter(id=user_id).first()
+    if user is None:
+        raise Http404(f"No user {user_id}.")
+    new_email = changes.get("email")
+    if new_email is None or new_email == user.email:
+        return _update_user_row(user_id, changes)
+    with account_lock(user_id, wait=True):
+        try:
+            moved = Account.objects.filter(user_id=user_id, state=Account.ACTIVE).update(
+                email=new_email, state="updating")
+        except IntegrityError:
+            raise Conflict("email", "That email is taken.") from None
+        if not moved:
+            raise InProgress("email", "This account is being changed or deleted; retry shortly.")
+        user = _update_user_row(user_id, changes)
+        Account.objects.filter(user_id=user_id).update(state=Account.ACTIVE)
+        return user
+
+
+def _update_user_row(user_id: int, changes: dict) -> User:
+    with transaction.atomic(using=PRIMARY):
+        updated = User.objects.filter(id=user_id).update(**changes, updated_at=timezone.now())
+        if not updated:
+            raise Http404(f"No user {user_id}.")
+        return User.objects.get(id=user_id)
+
+
+def user_delete(*, user_id: int) -> None:
+    with account_lock(user_id, wait=True):
+        marked = Account.objects.filter(user_id=user_id, state=Account.ACTIVE).update(state=Account.DELETING)
+        if not marked and not User.objects.filter(id=user_id).exists():
+            raise Http404(f"No user {user_id}.")
+        _delete_user_rows(user_id)
+        Account.objects.filter(user_id=user_id).delete()
+
+
+def _delete_user_rows(user_id: int) -> None:
+    with transaction.atomic(using=PRIMARY):
+        Post.objects.filter(user_id=user_id)._raw_delete(PRIMARY)
+        User.objects.filter(id=user_id)._raw_delete(PRIMARY)
+
+
+def post_create(*, user_id: int, title: str, body: str) -> Post:
+    post_id = ids.next_id()
+    now = ids.created_at(post_id)
+    with transaction.atomic(using=PRIMARY):
+        # The UPDATE takes the user's row lock first, so concurrent writers serialise on it and
+        # post_count stays exact; zero rows means there is no such user.
+        if not User.objects.filter(id=user_id).update(post_count=F("post_count") + 1):
+            raise Http404(f"No user {user_id}.")
+        return Post.objects.create(id=post_id, user_id=user_id, title=title, body=body,
+                                   created_at=now, updated_at=now)
+
+
+def post_update(*, user_id: int, post_id: int, changes: dict) -> Post:
+    with transaction.atomic(using=PRIMARY):
+        if not Post.objects.filter(id=post_id, user_id=user_id).update(**changes, updated_at=timezone.now()):
+            raise Http404(f"No post {post_id} of user {user_id}.")
+        return Post.objects.get(id=post_id)
+
+
+def post_delete(*, user_id: int, post_id: int) -> None:
+    with transaction.atomic(using=PRIMARY):
+        deleted = Post.objects.filter(id=post_id, user_id=user_id)._raw_delete(PRIMARY)
+        if not deleted:
+            raise Http404(f"No post {post_id} of user {user_id}.")
+        User.objects.filter(id=user_id).update(post_count=F("post_count") - 1)
+
+
+def accounts_reconcile(*, older_than_s: float = 5.0) -> dict:
+    """Finish or undo every protocol whose request died (its lock is free). Returns counts."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    counts = {"activated": 0, "removed": 0, "synced": 0, "deleted": 0, "busy": 0}
+    # A pending sign-up gets a moment to finish; an update or delete in flight is skipped by its lock.
+    stuck = Account.objects.exclude(state=Account.ACTIVE).filter(
+        ~Q(state=Account.PENDING) | Q(created_at__lt=cutoff))
+    for account in stuck:
+        with account_lock(account.user_id, wait=False) as got:
+            if not got:
+                counts["busy"] += 1
+                continue
+            account.refresh_from_db()
+            counts[_reconcile_locked(account)] += 1
+    return counts
+
+
+def _reconcile_locked(account: Account) -> str:
+    """Roll one dead protocol forward or back. The caller holds the account's lock."""
+    if account.state == Account.PENDING:
+        if User.objects.filter(id=account.user_id).exists():
+            Account.objects.filter(user_id=account.user_id).update(state=Account.ACTIVE)
+            return "activated"
+        Account.objects.filter(user_id=account.user_id).delete()
+        return "removed"
+    if account.state == "updating":
+        # The new email was reserved in meta before the data write: roll forward to it.
+        _update_user_row(account.user_id, {"email": account.email})
+        Account.objects.filter(user_id=account.user_id).update(state=Account.ACTIVE)
+        return "synced"
+    if account.state == Account.DELETING:
+        _delete_user_rows(account.user_id)
+        Account.objects.filter(user_id=account.user_id).delete()
+        return "deleted"
+    return "busy"

@@ -1,0 +1,112 @@
+"""Version 1 of the users/posts API (the seed's endpoints). Views validate, call a service or a
+selector, and shape the answer; all logic lives in services.py and selectors.py."""
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from api import selectors, services
+from api.pagination import next_url, page_params, time_range
+from api.serializers import PostSerializer, UserSerializer, UserUpdateSerializer
+
+from .base import ApiView
+
+LIST_PARAMS = [
+    OpenApiParameter("limit", int, description="Page size, 1 to 100 (default 20)."),
+    OpenApiParameter("cursor", str, description="Opaque; take it from the previous page's `next`."),
+]
+TIME_PARAMS = [
+    OpenApiParameter("since", str, description="ISO 8601 date-time with offset; posts created at or after."),
+    OpenApiParameter("until", str, description="ISO 8601 date-time with offset; posts created at or before."),
+]
+
+
+def _page(serializer_class, name):
+    return inline_serializer(name, {"results": serializer_class(many=True), "next": serializers.URLField(allow_null=True)})
+
+
+def _validated(serializer_class, request, *, partial=False):
+    serializer = serializer_class(data=request.data, partial=partial)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class UserListView(ApiView):
+    @extend_schema(parameters=LIST_PARAMS, responses=_page(UserSerializer, "UserPage"))
+    def get(self, request):
+        page = page_params(request.query_params, ("id",))
+        rows = selectors.user_list(page=page)
+        return Response({"results": UserSerializer(rows[: page.limit], many=True).data,
+                         "next": next_url(request, rows, page.limit, lambda u: (u.id,))})
+
+    @extend_schema(request=UserSerializer, responses={201: UserSerializer})
+    def post(self, request):
+        data = _validated(UserSerializer, request)
+        user, created = services.user_sign_up(**data)
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(UserSerializer(user).data, status=code,
+                        headers={"Location": f"/api/v1/users/{user.id}"})
+
+
+class UserDetailView(ApiView):
+    @extend_schema(responses=UserSerializer)
+    def get(self, request, user_id):
+        return Response(UserSerializer(selectors.user_get(user_id=user_id)).data)
+
+    @extend_schema(request=UserUpdateSerializer, responses=UserSerializer)
+    def put(self, request, user_id):
+        return self._update(request, user_id, partial=False)
+
+    @extend_schema(request=UserUpdateSerializer, responses=UserSerializer)
+    def patch(self, request, user_id):
+        return self._update(request, user_id, partial=True)
+
+    def _update(self, request, user_id, partial):
+        changes = _validated(UserUpdateSerializer, request, partial=partial)
+        return Response(UserSerializer(services.user_update(user_id=user_id, changes=changes)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, user_id):
+        services.user_delete(user_id=user_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PostListView(ApiView):
+    @extend_schema(parameters=LIST_PARAMS + TIME_PARAMS, responses=_page(PostSerializer, "PostPage"))
+    def get(self, request, user_id):
+        page = page_params(request.query_params, ("time", "id"), extra={"since", "until"})
+        since, until = time_range(request.query_params)
+        rows = selectors.post_list(user_id=user_id, page=page, since=since, until=until)
+        return Response({"results": PostSerializer(rows[: page.limit], many=True).data,
+                         "next": next_url(request, rows, page.limit,
+                                          lambda p: (p.created_at.isoformat(), p.id))})
+
+    @extend_schema(request=PostSerializer, responses={201: PostSerializer})
+    def post(self, request, user_id):
+        data = _validated(PostSerializer, request)
+        post = services.post_create(user_id=user_id, **data)
+        return Response(PostSerializer(post).data, status=status.HTTP_201_CREATED,
+                        headers={"Location": f"/api/v1/users/{user_id}/posts/{post.id}"})
+
+
+class PostDetailView(ApiView):
+    @extend_schema(responses=PostSerializer)
+    def get(self, request, user_id, post_id):
+        return Response(PostSerializer(selectors.post_get(user_id=user_id, post_id=post_id)).data)
+
+    @extend_schema(request=PostSerializer, responses=PostSerializer)
+    def put(self, request, user_id, post_id):
+        return self._update(request, user_id, post_id, partial=False)
+
+    @extend_schema(request=PostSerializer, responses=PostSerializer)
+    def patch(self, request, user_id, post_id):
+        return self._update(request, user_id, post_id, partial=True)
+
+    def _update(self, request, user_id, post_id, partial):
+        changes = _validated(PostSerializer, request, partial=partial)
+        post = services.post_update(user_id=user_id, post_id=post_id, changes=changes)
+        return Response(PostSerializer(post).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, user_id, post_id):
+        services.post_delete(user_id=user_id, post_id=post_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,14 @@
+"""The Streamlit dashboard: one entry point, pages registered with st.navigation."""
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# `streamlit run lessons/app.py` puts lessons/ on the path, not the project root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lessons.pages import stack_status  # noqa: E402
+
+st.set_page_config(page_title="Scalable API Workbench", page_icon="🧪", layout="wide")
+page = st.navigation([st.Page(stack_status.render, title="Stack status", url_path="status", default=True)])
+page.run()

@@ -1,0 +1,52 @@
+"""The dashboard's small HTTP client. The dashboard only ever talks to the stack over HTTP: the
+controller's API for process status, and the public API through Caddy like any other client."""
+from __future__ import annotations
+
+import time
+
+import requests
+
+from workbench.stack import config
+
+
+class StackClient:
+    def __init__(self, cfg: config.StackConfig | None = None):
+        self.cfg = cfg or config.load()
+        self.session = requests.Session()
+
+    def _controller_headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.cfg.controller_token() or ''}"}
+
+    def status(self) -> dict | None:
+        try:
+            response = self.session.get(self.cfg.controller_url + "/status", headers=self._controller_headers(),
+                                        timeout=3)
+            response.raise_for_status()
+            return response.json()
+        except (requests.RequestException, ValueError):
+            return None
+
+    def events(self) -> list[dict]:
+        try:
+            response = self.session.get(self.cfg.controller_url + "/events", headers=self._controller_headers(),
+                                        timeout=3)
+            response.raise_for_status()
+            return response.json()["events"]
+        except (requests.RequestException, ValueError, KeyError):
+            return []
+
+    def probe(self, path: str = "/api/v1/users?limit=1") -> dict:
+        """One real request through Caddy: what came back and how long it took, as measured here."""
+        started = time.perf_counter()
+        try:
+            response = self.session.get(self.cfg.api_url + path, timeout=5)
+        except requests.RequestException as exc:
+            return {"ok": False, "error": str(exc), "ms": (time.perf_counter() - started) * 1000}
+        return {"ok": response.ok, "status": response.status_code, "ms": (time.perf_counter() - started) * 1000,
+                "app_server": response.headers.get("X-App-Server"), "request_id": response.headers.get("X-Request-Id")}
+
+    def readiness(self) -> dict:
+        try:
+            return self.session.get(self.cfg.api_url + "/readyz", timeout=5).json()
+        except (requests.RequestException, ValueError) as exc:
+            return {"status": "unreachable", "detail": str(exc)}

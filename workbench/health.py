@@ -1,0 +1,50 @@
+"""Liveness says the process answers; readiness checks each dependency and names the one that fails."""
+import time
+
+import redis
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connections
+from django.http import JsonResponse
+
+
+def healthz(request):
+    return JsonResponse({"status": "ok", "app_server": settings.APP_SERVER_NAME})
+
+
+def _check_db(alias: str) -> None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _check_state() -> None:
+    client = redis.Redis.from_url(settings.VALKEY_STATE_URL, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+CHECKS = {
+    "postgres-meta": lambda: _check_db("default"),
+    "postgres-primary": lambda: _check_db("primary"),
+    "valkey-cache": lambda: cache.client.get_client().ping(),
+    "valkey-state": _check_state,
+}
+
+
+def readyz(request):
+    results, failing = {}, []
+    for name, check in CHECKS.items():
+        started = time.perf_counter()
+        try:
+            check()
+            results[name] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+        except Exception as exc:  # any failure of a dependency means "not ready", never a 500
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            failing.append(name)
+    if failing:
+        body = {"type": "about:blank", "title": "Service Unavailable", "status": 503,
+                "detail": f"not ready: {', '.join(failing)} failed", "failing": failing, "checks": results}
+        return JsonResponse(body, status=503, content_type="application/problem+json")
+    return JsonResponse({"status": "ready", "checks": results})

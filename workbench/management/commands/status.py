@@ -1,0 +1,32 @@
+import json
+
+from django.core.management.base import BaseCommand
+
+from workbench.stack import config, launcher
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+class Command(BaseCommand):
+    help = "Show each process of the stack: role, pid, port, health, uptime, RSS."
+    requires_system_checks = []
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def handle(self, *args, **options):
+        state = launcher.status(config.load())
+        if options["json"]:
+            self.stdout.write(json.dumps(state or {"running": False, "processes": []}, indent=2))
+            return
+        if not state:
+            self.stdout.write("The workbench is not running. Start it with: python manage.py up")
+            return
+        self.stdout.write(f"phase: {state['phase']}   api: {state['api_url']}   dashboard: {state['dashboard_url']}")
+        self.stdout.write(f"{'ROLE':<11}{'NAME':<14}{'PID':>8}{'PORT':>7}  {'HEALTH':<9}{'UPTIME':>9}{'RSS':>10}{'RESTARTS':>10}")
+        for p in state["processes"]:
+            health = "healthy" if p["healthy"] else "DOWN"
+            self.stdout.write(f"{p['role']:<11}{p['name']:<14}{p['pid'] or '-':>8}{p['port']:>7}  {health:<9}"
+                              f"{p['uptime_s']:>8.0f}s{_mib(p['rss_bytes']):>10}{p['restarts']:>10}")

@@ -1,0 +1,126 @@
+"""Django settings: everything comes from the environment (django-environ) and the stack config."""
+from pathlib import Path
+
+import environ
+
+from workbench.stack import config as stack_config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+STACK = stack_config.load()
+env = environ.Env()
+
+
+def _secret_key() -> str:
+    """No secret ships with the code: one is made on first use and kept in the data dir."""
+    if env.str("DJANGO_SECRET_KEY", default=""):
+        return env.str("DJANGO_SECRET_KEY")
+    path = STACK.data_dir / "django-secret.key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        import secrets
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        fd = path.open("x")  # "x": if another process won the race, read its key instead
+        fd.write(key)
+        fd.close()
+        path.chmod(0o600)
+        return key
+    except FileExistsError:
+        return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+APP_SERVER_NAME = env.str("WORKBENCH_APP_SERVER", default="local")
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "rest_framework",
+    "drf_spectacular",
+    "api",
+    "workbench",
+]
+
+MIDDLEWARE = [
+    "api.gateway.middleware.GatewayMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
+
+ROOT_URLCONF = "workbench.urls"
+WSGI_APPLICATION = "workbench.wsgi.application"
+APPEND_SLASH = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "DIRS": [],
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+}]
+
+
+def _database(url: str) -> dict:
+    db = env.db_url_config(url)
+    db["ENGINE"] = "django.db.backends.postgresql"
+    # Django's psycopg pool: a bounded set of connections per process, reused across threads.
+    db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": env.int("WORKBENCH_DB_POOL_MAX", default=8),
+                              "timeout": 10}}
+    db["CONN_MAX_AGE"] = 0
+    db["TEST"] = {"NAME": f"test_{db['NAME']}"}
+    return db
+
+
+# `default` is the meta database (accounts, global uniqueness); `primary` holds users and posts.
+# api.routing.db.Router decides which model lives where.
+DATABASES = {
+    "default": _database(STACK.meta_db_url),
+    "primary": _database(STACK.data_database_url),
+}
+DATABASE_ROUTERS = ["api.routing.db.Router"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "api.Account"
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": STACK.cache_url,
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+    }
+}
+VALKEY_STATE_URL = STACK.state_url
+
+# Bodies above this size get 413 before any parsing.
+MAX_BODY_BYTES = env.int("WORKBENCH_MAX_BODY_BYTES", default=64 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["api.gateway.envelope.EnvelopeRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["api.gateway.parsers.StrictJSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "api.gateway.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_VERSIONING_CLASS": None,
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "api.gateway.envelope.JSONOnlyNegotiation",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Scalable API Workbench",
+    "DESCRIPTION": "The users/posts API of the workbench. Every response is wrapped in "
+                   "{data, meta}; errors are RFC 9457 application/problem+json.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("WORKBENCH_LOG_LEVEL", default="WARNING")},
+}

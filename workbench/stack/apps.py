@@ -1,0 +1,61 @@
+"""App servers (gunicorn gthread groups, one port each) and the Streamlit dashboard."""
+from __future__ import annotations
+
+import sys
+
+import requests
+
+from .config import PROJECT_DIR, StackConfig
+from .process import ProcessSpec
+
+
+def stack_env(cfg: StackConfig) -> dict:
+    """What every child Python process needs to find the same stack."""
+    return {
+        "WORKBENCH_DATA_DIR": str(cfg.data_dir),
+        "WORKBENCH_PORT_BASE": str(cfg.port_base),
+        "WORKBENCH_SERVICE_PORT_BASE": str(cfg.service_port_base),
+        "DJANGO_SETTINGS_MODULE": "workbench.settings",
+        "PYTHONUNBUFFERED": "1",
+        **({"DATABASE_URL": cfg.database_url} if cfg.database_url else {}),
+        **({"META_DATABASE_URL": cfg.meta_database_url} if cfg.meta_database_url else {}),
+        **({"VALKEY_URL": cfg.valkey_url} if cfg.valkey_url else {}),
+        **({"VALKEY_STATE_URL": cfg.valkey_state_url} if cfg.valkey_state_url else {}),
+        **cfg.extra_env,
+    }
+
+
+def app_server(cfg: StackConfig, index: int) -> ProcessSpec:
+    name = f"app-{index}"
+    port = cfg.app_port(index)
+    argv = [sys.executable, "-m", "gunicorn", "workbench.wsgi:application",
+            "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
+            "--workers", str(cfg.app_workers), "--threads", str(cfg.app_threads),
+            # Keep-alive so Caddy reuses connections; graceful drain on SIGTERM.
+            "--keep-alive", "30", "--graceful-timeout", "10", "--timeout", "60",
+            "--name", f"workbench-{name}", "--access-logfile", "-", "--access-logformat",
+            '%(h)s "%(r)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s']
+    return ProcessSpec(
+        name=name, role="app", port=port, log_file=cfg.log_dir / f"{name}.log", argv=argv,
+        cwd=PROJECT_DIR, env={**stack_env(cfg), "WORKBENCH_APP_SERVER": name},
+        health=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
+    )
+
+
+def dashboard(cfg: StackConfig) -> ProcessSpec:
+    port = cfg.dashboard_port
+    argv = [sys.executable, "-m", "streamlit", "run", str(PROJECT_DIR / "lessons" / "app.py"),
+            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    return ProcessSpec(
+        name="dashboard", role="dashboard", port=port, log_file=cfg.log_dir / "dashboard.log",
+        argv=argv, cwd=PROJECT_DIR, env=stack_env(cfg),
+        health=lambda: http_ok(f"http://127.0.0.1:{port}/_stcore/health"),
+    )
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False

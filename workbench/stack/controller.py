@@ -1,0 +1,273 @@
+"""The stack controller: brings the stack up, supervises it, and answers a small HTTP API.
+
+Run by `manage.py up` as a detached process (`python -m workbench.stack.controller`). The CLI,
+the dashboard and the tests talk to it over loopback with the bearer token in the data dir.
+"""
+from __future__ import annotations
+
+import collections
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psutil
+
+from . import apps, caddy, config, postgres, valkey
+from .process import ProcessSpec, Supervised
+
+HEALTH_INTERVAL = 1.0
+MAX_BACKOFF = 30.0
+
+
+class BringUpError(RuntimeError):
+    pass
+
+
+class Controller:
+    def __init__(self, cfg: config.StackConfig):
+        self.cfg = cfg
+        self.token = cfg.controller_token() or ""
+        self.procs: dict[str, Supervised] = {}
+        self.events: collections.deque = collections.deque(maxlen=200)
+        self.phase = "starting"
+        self.error: str | None = None
+        self.started_at = time.time()
+        self.stopping = threading.Event()
+        self.lock = threading.RLock()
+
+    # --- events -------------------------------------------------------------------------------
+    def log(self, event: str, **fields) -> None:
+        record = {"ts": round(time.time(), 3), "event": event, **fields}
+        self.events.append(record)
+        print(json.dumps(record), flush=True)
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.log("phase", phase=phase)
+
+    # --- bring-up -----------------------------------------------------------------------------
+    def bring_up(self) -> None:
+        cfg = self.cfg
+        if not cfg.meta_database_url:
+            self._start_postgres("pg-meta", "meta", cfg.meta_pg_port, "workbench_meta")
+        if not cfg.database_url:
+            self._start_postgres("pg-primary", "primary", cfg.data_pg_port, "workbench")
+        if not cfg.valkey_state_url:
+            self._start(valkey.spec("state", cfg.valkey_state_port, cfg.data_dir / "valkey" / "state",
+                                    cfg.log_dir / "valkey-state.log"))
+        if not cfg.valkey_url:
+            self._start(valkey.spec("cache", cfg.valkey_cache_port, cfg.data_dir / "valkey" / "cache",
+                                    cfg.log_dir / "valkey-cache.log"))
+        self.set_phase("migrating")
+        self._manage("migrate", "--database", "default", "--noinput")
+        self._manage("migrate", "--database", "primary", "--noinput")
+        self.set_phase("seeding")
+        self._manage("seed", "--if-empty", "--users", str(cfg.seed_users),
+                     "--posts-per-user", str(cfg.seed_posts_per_user), "--no-progress")
+        self._manage("demo_accounts")
+        self.set_phase("starting app servers")
+        for i in range(1, cfg.app_servers + 1):
+            self._start(apps.app_server(cfg, i))
+        self._start(caddy.spec(cfg))
+        self._start(apps.dashboard(cfg))
+        self.set_phase("ready")
+
+    def _start_postgres(self, name: str, role: str, port: int, database: str) -> None:
+        data_dir = self.cfg.data_dir / "pg" / role
+        self.set_phase(f"initialising {name}")
+        postgres.init_cluster(data_dir, database)
+        self._start(postgres.spec(name, data_dir, port, self.cfg.log_dir / f"{name}.log", database))
+        postgres.ensure_database(port, database)
+
+    def _start(self, spec: ProcessSpec, timeout: float = 60.0) -> Supervised:
+        proc = Supervised(spec)
+        with self.lock:
+            self.procs[spec.name] = proc
+        proc.start()
+        self._save_pids()
+        self.log("started", name=spec.name, pid=proc.pid, port=spec.port)
+        if not proc.wait_healthy(timeout):
+            raise BringUpError(f"{spec.name} did not become healthy within {timeout:.0f}s "
+                               f"(exit code {proc.exited()}); see {spec.log_file}")
+        return proc
+
+    def _manage(self, *args: str) -> None:
+        log_file = self.cfg.log_dir / "manage.log"
+        with open(log_file, "ab") as log:
+            result = subprocess.run([sys.executable, str(config.PROJECT_DIR / "manage.py"), *args],
+                                    cwd=config.PROJECT_DIR, env={**os.environ, **apps.stack_env(self.cfg)},
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise BringUpError(f"`manage.py {' '.join(args)}` failed; see {log_file}")
+
+    def _save_pids(self) -> None:
+        """Record every child, so `down` can stop them by PID even if the controller has died."""
+        entries = {}
+        with self.lock:
+            for name, proc in self.procs.items():
+                if proc.pid:
+                    try:
+                        entries[name] = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
+                    except psutil.Error:
+                        pass
+        path = self.cfg.run_dir / "processes.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries))
+        tmp.replace(path)
+
+    # --- supervision --------------------------------------------------------------------------
+    def supervise_forever(self) -> None:
+        """Restart what dies (with a doubling backoff) and refresh health once a second."""
+        backoff: dict[str, float] = {}
+        restart_at: dict[str, float] = {}
+        last_health = 0.0
+        while not self.stopping.wait(0.25):
+            now = time.monotonic()
+            check_health = now - last_health >= HEALTH_INTERVAL
+            if check_health:
+                last_health = now
+            with self.lock:
+                procs = list(self.procs.values())
+            for proc in procs:
+                if self.stopping.is_set():
+                    return
+                name = proc.spec.name
+                code = proc.exited()
+                if code is None:
+                    if check_health:
+                        proc.healthy = proc.spec.health()
+                    if proc.healthy and time.time() - proc.started_at > 60:
+                        backoff.pop(name, None)  # stable again
+                    continue
+                if name not in restart_at:
+                    proc.healthy = False
+                    delay = backoff.get(name, 0.5)
+                    backoff[name] = min(delay * 2, MAX_BACKOFF)
+                    restart_at[name] = now + delay
+                    self.log("died", name=name, pid=proc.pid, exit_code=code, restart_in_s=delay)
+                elif now >= restart_at[name]:
+                    del restart_at[name]
+                    proc.restarts += 1
+                    proc.start()
+                    self._save_pids()
+                    self.log("restarted", name=name, pid=proc.pid, restarts=proc.restarts)
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        self.set_phase("stopping")
+        with self.lock:
+            procs = list(self.procs.values())
+        # Front to back: nothing accepts requests while what it depends on goes away.
+        for proc in reversed(procs):
+            proc.stop()
+            self.log("stopped", name=proc.spec.name, pid=proc.pid)
+        (self.cfg.run_dir / "processes.json").unlink(missing_ok=True)
+        self.set_phase("stopped")
+
+    # --- status -------------------------------------------------------------------------------
+    def status(self) -> dict:
+        cfg = self.cfg
+        me = psutil.Process()
+        rows = [{"role": "controller", "name": "controller", "pid": me.pid, "port": cfg.controller_port,
+                 "healthy": True, "uptime_s": round(time.time() - self.started_at, 1),
+                 "rss_bytes": me.memory_info().rss, "restarts": 0}]
+        with self.lock:
+            procs = list(self.procs.values())
+        for proc in procs:
+            running = proc.exited() is None
+            rows.append({"role": proc.spec.role, "name": proc.spec.name, "pid": proc.pid if running else None,
+                         "port": proc.spec.port, "healthy": running and proc.healthy,
+                         "uptime_s": round(time.time() - proc.started_at, 1) if running else 0,
+                         "rss_bytes": proc.rss_bytes() if running else 0, "restarts": proc.restarts})
+        return {
+            "phase": self.phase, "error": self.error,
+            "api_url": cfg.api_url,
+            "direct_urls": [cfg.direct_url(i) for i in range(1, cfg.app_servers + 1)],
+            "dashboard_url": cfg.dashboard_url,
+            "controller_url": cfg.controller_url,
+            "data_dir": str(cfg.data_dir),
+            "processes": rows,
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    controller: Controller
+
+    def log_message(self, *args):  # keep the controller log for events, not access lines
+        pass
+
+    def _send(self, code: int, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _authorized(self) -> bool:
+        given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return bool(self.controller.token) and hmac.compare_digest(given, self.controller.token)
+
+    def do_GET(self):
+        ctl = self.controller
+        if self.path == "/health":
+            return self._send(200, {"ok": True, "phase": ctl.phase, "error": ctl.error})
+        if not self._authorized():
+            return self._send(401, {"error": "missing or wrong controller token"})
+        if self.path == "/status":
+            return self._send(200, ctl.status())
+        if self.path == "/events":
+            return self._send(200, {"events": list(ctl.events)})
+        return self._send(404, {"error": f"no such endpoint {self.path}"})
+
+    def do_POST(self):
+        if not self._authorized():
+            return self._send(401, {"error": "missing or wrong controller token"})
+        if self.path == "/shutdown":
+            self._send(202, {"stopping": True})
+            threading.Thread(target=lambda: os.kill(os.getpid(), signal.SIGTERM), daemon=True).start()
+            return None
+        return self._send(404, {"error": f"no such endpoint {self.path}"})
+
+
+def main() -> int:
+    cfg = config.load()
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    ctl = Controller(cfg)
+    handler = type("Handler", (_Handler,), {"controller": ctl})
+    server = ThreadingHTTPServer(("127.0.0.1", cfg.controller_port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    me = psutil.Process()
+    (cfg.run_dir / "controller.json").write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+
+    def run():
+        try:
+            ctl.bring_up()
+        except Exception as exc:  # report it to `up`, then stop what did start
+            ctl.error = str(exc)
+            ctl.set_phase("failed")
+            ctl.log("bring_up_failed", error=str(exc))
+            return
+        ctl.supervise_forever()
+
+    threading.Thread(target=run, daemon=True).start()
+    done.wait()
+    ctl.shutdown()
+    server.shutdown()
+    (cfg.run_dir / "controller.json").unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""One supervised OS process: how to start it, whether it is alive, how to stop it by PID."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+
+@dataclass
+class ProcessSpec:
+    name: str            # unique: "pg-primary", "app-1", ...
+    role: str            # what it is for: "postgres", "valkey", "app", "caddy", "dashboard"
+    argv: list[str]
+    port: int
+    log_file: Path
+    health: Callable[[], bool]
+    env: dict = field(default_factory=dict)
+    cwd: Path | None = None
+    user: str | None = None          # run as this OS user (PostgreSQL refuses root)
+    stop_signal: int = signal.SIGTERM
+    stop_timeout: float = 20.0
+
+
+class Supervised:
+    """A running instance of a spec. The controller owns the Popen, so it can reap and restart it."""
+
+    def __init__(self, spec: ProcessSpec):
+        self.spec = spec
+        self.popen: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+        self.healthy = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def start(self) -> None:
+        spec = self.spec
+        spec.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(spec.log_file, "ab")
+        env = {**os.environ, **spec.env}
+        self.popen = subprocess.Popen(
+            spec.argv, cwd=spec.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, user=spec.user,
+            # Its own process group, so stopping it never signals the controller.
+            start_new_session=True,
+        )
+        log.close()
+        self.started_at = time.time()
+        self.healthy = False
+
+    def exited(self) -> int | None:
+        """The exit code if the process has died (reaping it), else None."""
+        return self.popen.poll() if self.popen else None
+
+    def wait_healthy(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.exited() is not None:
+                return False
+            if self.spec.health():
+                self.healthy = True
+                return True
+            time.sleep(0.1)
+        return False
+
+    def stop(self) -> None:
+        if not self.popen or self.popen.poll() is not None:
+            return
+        stop_tree(self.popen.pid, self.spec.stop_signal, self.spec.stop_timeout)
+        try:
+            self.popen.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def rss_bytes(self) -> int:
+        """RSS of the process and all its children (a gunicorn master plus its workers, say)."""
+        return tree_rss(self.pid) if self.pid else 0
+
+
+def tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def stop_tree(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    """Signal one process, wait for it and its children to go, SIGKILL whatever remains."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    try:
+        root.send_signal(sig)
+    except psutil.Error:
+        pass
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def alive(pid: int, create_time: float | None = None) -> bool:
+    """True if `pid` runs and, when given, is the same process (not a reused PID)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(proc.create_time() - create_time) < 1.0
+    except psutil.Error:
+        return False
