@@ -17,6 +17,9 @@ def disarm() -> None:
 
 
 def point(name: str) -> None:
-    """Pause here for up to 60 s if this request asked for it."""
-    if ENABLED and getattr(_local, "pause", "") == name:
-        time.sleep(60)
+    """Pause here if this request asked for it: `X-Workbench-Pause: name` (60 s) or `name:seconds`."""
+    if not ENABLED:
+        return
+    wanted, _, seconds = getattr(_local, "pause", "").partition(":")
+    if wanted == name:
+        time.sleep(min(float(seconds or 60), 120))

@@ -4,8 +4,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db.models import Q
-from django.http import Http404
 
+from api.gateway.errors import NotFound
 from api.models import Post, User
 from api.pagination import PageParams
 
@@ -14,7 +14,7 @@ def user_get(*, user_id: int) -> User:
     try:
         return User.objects.get(id=user_id)
     except User.DoesNotExist:
-        raise Http404(f"No user {user_id}.") from None
+        raise NotFound("user_id", f"No user {user_id}.") from None
 
 
 def user_list(*, page: PageParams) -> list[User]:
@@ -29,7 +29,7 @@ def post_list(*, user_id: int, page: PageParams, since: datetime | None, until: 
     """A user's posts, newest first, optionally within [since, until]. Two queries: the user's
     existence (so an unknown user is a 404, not an empty page) and the page itself."""
     if not User.objects.filter(id=user_id).exists():
-        raise Http404(f"No user {user_id}.")
+        raise NotFound("user_id", f"No user {user_id}.")
     rows = Post.objects.filter(user_id=user_id).order_by("-created_at", "-id")
     if since:
         rows = rows.filter(created_at__gte=since)
@@ -45,4 +45,4 @@ def post_get(*, user_id: int, post_id: int) -> Post:
     try:
         return Post.objects.get(id=post_id, user_id=user_id)
     except Post.DoesNotExist:
-        raise Http404(f"No post {post_id} of user {user_id}.") from None
+        raise NotFound("post_id", f"No post {post_id} of user {user_id}.") from None

@@ -7,17 +7,25 @@ USERNAME_PATTERN = r"^[a-z0-9_]{3,30}$"
 
 class StrictSerializer(serializers.Serializer):
     """Rejects fields it does not know, and read-only fields sent for writing."""
+    fixed_fields: dict = {}  # name -> why it cannot be written here
 
     def to_internal_value(self, data):
+        errors = {}
         if isinstance(data, dict):
             writable = {name for name, field in self.fields.items() if not field.read_only}
-            unknown = sorted(set(data) - writable)
-            if unknown:
-                known = {name for name in self.fields}
-                raise serializers.ValidationError({
-                    name: ["This field is read-only." if name in known else "Unknown field."] for name in unknown
-                })
-        return super().to_internal_value(data)
+            for name in sorted(set(data) - writable):
+                if name in self.fixed_fields:
+                    errors[name] = [self.fixed_fields[name]]
+                else:
+                    errors[name] = ["This field is read-only." if name in self.fields else "Unknown field."]
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            # Report every fault at once: unknown fields and the known fields' own errors.
+            raise serializers.ValidationError({**exc.detail, **errors}) from None
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
 
 
 class UserSerializer(StrictSerializer):
@@ -47,10 +55,8 @@ class UserUpdateSerializer(StrictSerializer):
     def validate_email(self, value):
         return value.lower()
 
-    def to_internal_value(self, data):
-        if isinstance(data, dict) and "username" in data:
-            raise serializers.ValidationError({"username": ["The username cannot be changed."]})
-        return super().to_internal_value(data)
+    fixed_fields = {"username": "The username cannot be changed.",
+                    "password": "Passwords are not changed through this endpoint."}
 
 
 class PostSerializer(StrictSerializer):

@@ -23,11 +23,10 @@ from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Q
-from django.http import Http404
 from django.utils import timezone
 
 from api import faults
-from api.gateway.errors import Conflict
+from api.gateway.errors import Conflict, NotFound
 from api.models import Account, Post, User
 from api.routing import ids
 from api.routing.db import META, PRIMARY
@@ -125,7 +124,7 @@ def _insert_user(user_id: int, username: str, email: str, name: str, bio: str) -
 def user_update(*, user_id: int, changes: dict) -> User:
     user = User.objects.filter(id=user_id).first()
     if user is None:
-        raise Http404(f"No user {user_id}.")
+        raise NotFound("user_id", f"No user {user_id}.")
     new_email = changes.get("email")
     if new_email is None or new_email == user.email:
         return _update_user_row(user_id, changes)
@@ -146,7 +145,7 @@ def _update_user_row(user_id: int, changes: dict) -> User:
     with transaction.atomic(using=PRIMARY):
         updated = User.objects.filter(id=user_id).update(**changes, updated_at=timezone.now())
         if not updated:
-            raise Http404(f"No user {user_id}.")
+            raise NotFound("user_id", f"No user {user_id}.")
         return User.objects.get(id=user_id)
 
 
@@ -154,7 +153,7 @@ def user_delete(*, user_id: int) -> None:
     with account_lock(user_id, wait=True):
         marked = Account.objects.filter(user_id=user_id, state=Account.ACTIVE).update(state=Account.DELETING)
         if not marked and not User.objects.filter(id=user_id).exists():
-            raise Http404(f"No user {user_id}.")
+            raise NotFound("user_id", f"No user {user_id}.")
         _delete_user_rows(user_id)
         Account.objects.filter(user_id=user_id).delete()
 
@@ -172,7 +171,7 @@ def post_create(*, user_id: int, title: str, body: str) -> Post:
         # The UPDATE takes the user's row lock first, so concurrent writers serialise on it and
         # post_count stays exact; zero rows means there is no such user.
         if not User.objects.filter(id=user_id).update(post_count=F("post_count") + 1):
-            raise Http404(f"No user {user_id}.")
+            raise NotFound("user_id", f"No user {user_id}.")
         return Post.objects.create(id=post_id, user_id=user_id, title=title, body=body,
                                    created_at=now, updated_at=now)
 
@@ -180,7 +179,7 @@ def post_create(*, user_id: int, title: str, body: str) -> Post:
 def post_update(*, user_id: int, post_id: int, changes: dict) -> Post:
     with transaction.atomic(using=PRIMARY):
         if not Post.objects.filter(id=post_id, user_id=user_id).update(**changes, updated_at=timezone.now()):
-            raise Http404(f"No post {post_id} of user {user_id}.")
+            raise NotFound("post_id", f"No post {post_id} of user {user_id}.")
         return Post.objects.get(id=post_id)
 
 
@@ -188,7 +187,7 @@ def post_delete(*, user_id: int, post_id: int) -> None:
     with transaction.atomic(using=PRIMARY):
         deleted = Post.objects.filter(id=post_id, user_id=user_id)._raw_delete(PRIMARY)
         if not deleted:
-            raise Http404(f"No post {post_id} of user {user_id}.")
+            raise NotFound("post_id", f"No post {post_id} of user {user_id}.")
         User.objects.filter(id=user_id).update(post_count=F("post_count") - 1)
 
 

@@ -23,11 +23,21 @@ class Conflict(exceptions.APIException):
         self.field = field
 
 
-class FieldError(exceptions.ValidationError):
-    """A 400 about one named field (a query parameter, a header or a body field)."""
+class FieldError(exceptions.APIException):
+    """A 400 about one named field outside the body: a query parameter or a header."""
+    status_code = status.HTTP_400_BAD_REQUEST
+
+    def __init__(self, field: str, detail: str, where: str = "query"):
+        super().__init__(detail)
+        self.field, self.where = field, where
+
+
+class NotFound(exceptions.NotFound):
+    """A 404 naming the path parameter whose value matched nothing."""
 
     def __init__(self, field: str, detail: str):
-        super().__init__({field: [detail]})
+        super().__init__(detail)
+        self.field = field
 
 
 class Unavailable(exceptions.APIException):
@@ -77,6 +87,14 @@ def exception_handler(exc, context):
     if isinstance(exc, Conflict):
         errors = [field_error(exc.field, str(exc.detail))]
         body = problem(code, TITLES[code], str(exc.detail), kind="conflict", errors=errors)
+    elif isinstance(exc, FieldError):
+        body = problem(code, TITLES[code], f"{exc.field}: {exc.detail}", kind="invalid-parameter",
+                       errors=[field_error(exc.field, str(exc.detail), exc.where)])
+    elif isinstance(exc, NotFound):
+        body = problem(code, TITLES[code], str(exc.detail), kind="not-found",
+                       errors=[field_error(exc.field, str(exc.detail), "path")])
+    elif isinstance(exc, exceptions.NotFound):
+        body = problem(code, TITLES[code], str(exc.detail), kind="not-found")
     elif isinstance(exc, exceptions.ValidationError):
         errors = _flatten(exc.detail)
         body = problem(code, TITLES[code], "; ".join(f"{e['field']}: {e['detail']}" for e in errors),
@@ -86,7 +104,7 @@ def exception_handler(exc, context):
                        errors=[field_error("(body)", str(exc.detail))])
     elif isinstance(exc, exceptions.UnsupportedMediaType):
         body = problem(code, TITLES[code], str(exc.detail), kind="unsupported-media-type",
-                       errors=[field_error("(header) Content-Type", str(exc.detail))])
+                       errors=[field_error("Content-Type", str(exc.detail), "header")])
     elif isinstance(exc, exceptions.MethodNotAllowed):
         body = problem(code, TITLES[code], str(exc.detail), kind="method-not-allowed")
     else:

@@ -40,12 +40,18 @@ class GatewayMiddleware:
     def _limits(self, request):
         if not request.path.startswith("/api/v") or request.method not in BODY_METHODS:
             return None
+        if not request.META.get("CONTENT_LENGTH") and request.META.get("HTTP_TRANSFER_ENCODING"):
+            # Django reads no body without a Content-Length: a chunked one would be silently dropped.
+            detail = "Send the body with a Content-Length; chunked request bodies are not accepted."
+            return problem_response(problem(411, "Length Required", detail, kind="length-required",
+                                            errors=[field_error("Content-Length", detail, "header")]),
+                                    request.request_id)
         length = request.META.get("CONTENT_LENGTH") or "0"
         try:
             length = int(length)
         except ValueError:
             return problem_response(problem(400, "Bad Request", "Content-Length is not a number.",
-                                            errors=[field_error("(header) Content-Length", "not a number")]),
+                                            errors=[field_error("Content-Length", "not a number", "header")]),
                                     request.request_id)
         if length > settings.MAX_BODY_BYTES:
             detail = f"The body is {length} bytes; the limit is {settings.MAX_BODY_BYTES}."
@@ -55,6 +61,6 @@ class GatewayMiddleware:
         if media_type != "application/json":
             detail = f"Send application/json, not {media_type or 'no Content-Type'}."
             return problem_response(problem(415, "Unsupported Media Type", detail, kind="unsupported-media-type",
-                                            errors=[field_error("(header) Content-Type", detail)]),
+                                            errors=[field_error("Content-Type", detail, "header")]),
                                     request.request_id)
         return None

@@ -21,9 +21,12 @@ def problem(status: int, title: str, detail: str, *, kind: str | None = None,
     return body
 
 
-def field_error(field: str, detail: str) -> dict:
-    pointer = "" if field.startswith("(") else "#/" + field.replace(".", "/")
-    return {"field": field, "pointer": pointer, "detail": detail}
+def field_error(field: str, detail: str, where: str = "body") -> dict:
+    """One field at fault. `where` is body, query, path or header; body fields get a JSON pointer."""
+    error = {"field": field, "in": where, "detail": detail}
+    if where == "body":
+        error["pointer"] = "#" if field == "(body)" else "#/" + field.replace(".", "/")
+    return error
 
 
 def problem_response(body: dict, request_id: str | None = None, headers: dict | None = None) -> HttpResponse:

@@ -92,7 +92,11 @@ def next_id() -> int:
             _generator_pid = os.getpid()
             _lease_renewed = time.monotonic()
         elif time.monotonic() - _lease_renewed > LEASE_SECONDS / 3:
-            state_client().expire(f"workbench:idgen:lease:{_generator.generator}", LEASE_SECONDS)
+            # If the lease vanished (say, `state` lost it), take it again or move to a free number.
+            client = state_client()
+            key = f"workbench:idgen:lease:{_generator.generator}"
+            if not client.expire(key, LEASE_SECONDS) and not client.set(key, "renewed", nx=True, ex=LEASE_SECONDS):
+                _generator = Generator(lease_generator(client))
             _lease_renewed = time.monotonic()
         generator = _generator
     return generator.next_id()

@@ -15,6 +15,12 @@ def stack_env(cfg: StackConfig) -> dict:
         "WORKBENCH_DATA_DIR": str(cfg.data_dir),
         "WORKBENCH_PORT_BASE": str(cfg.port_base),
         "WORKBENCH_SERVICE_PORT_BASE": str(cfg.service_port_base),
+        "WORKBENCH_APP_SERVERS": str(cfg.app_servers),
+        "WORKBENCH_APP_WORKERS": str(cfg.app_workers),
+        "WORKBENCH_APP_THREADS": str(cfg.app_threads),
+        "WORKBENCH_SEED_USERS": str(cfg.seed_users),
+        "WORKBENCH_SEED_POSTS_PER_USER": str(cfg.seed_posts_per_user),
+        "WORKBENCH_RECONCILE_INTERVAL": str(cfg.reconcile_interval_s),
         "DJANGO_SETTINGS_MODULE": "workbench.settings",
         "PYTHONUNBUFFERED": "1",
         **({"DATABASE_URL": cfg.database_url} if cfg.database_url else {}),
@@ -40,6 +46,14 @@ def app_server(cfg: StackConfig, index: int) -> ProcessSpec:
         cwd=PROJECT_DIR, env={**stack_env(cfg), "WORKBENCH_APP_SERVER": name},
         health=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
     )
+
+
+def reconciler(cfg: StackConfig) -> ProcessSpec:
+    """Finishes or undoes account protocols whose request died (see api/services.py)."""
+    argv = [sys.executable, str(PROJECT_DIR / "manage.py"), "reconcile_accounts",
+            "--loop", str(cfg.reconcile_interval_s)]
+    return ProcessSpec(name="reconciler", role="worker", port=0, log_file=cfg.log_dir / "reconciler.log",
+                       argv=argv, cwd=PROJECT_DIR, env=stack_env(cfg), health=lambda: True)
 
 
 def dashboard(cfg: StackConfig) -> ProcessSpec:

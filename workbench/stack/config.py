@@ -26,6 +26,7 @@ class StackConfig:
     app_threads: int = 4
     seed_users: int = 10_000
     seed_posts_per_user: int = 10
+    reconcile_interval_s: int = 10
     # External services: when set, `up` does not start the matching engine.
     database_url: str | None = None
     meta_database_url: str | None = None
@@ -175,6 +176,7 @@ def load(env: dict | None = None) -> StackConfig:
         app_threads=_int(env, "WORKBENCH_APP_THREADS", 4, 1, 64),
         seed_users=_int(env, "WORKBENCH_SEED_USERS", 10_000, 0, 10_000_000),
         seed_posts_per_user=_int(env, "WORKBENCH_SEED_POSTS_PER_USER", 10, 0, 1000),
+        reconcile_interval_s=_int(env, "WORKBENCH_RECONCILE_INTERVAL", 10, 1, 3600),
         database_url=env.get("DATABASE_URL") or None,
         meta_database_url=env.get("META_DATABASE_URL") or None,
         valkey_url=env.get("VALKEY_URL") or None,

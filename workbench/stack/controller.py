@@ -74,6 +74,7 @@ class Controller:
         self.set_phase("starting app servers")
         for i in range(1, cfg.app_servers + 1):
             self._start(apps.app_server(cfg, i))
+        self._start(apps.reconciler(cfg))
         self._start(caddy.spec(cfg))
         self._start(apps.dashboard(cfg))
         self.set_phase("ready")

@@ -1,0 +1,108 @@
+"""The test stack: real PostgreSQL, Valkey, Caddy, app servers and dashboard, started by the same
+launcher as `manage.py up`, with its own data directory and port base, so a developer's running
+stack is never touched. In-process tests use pytest-django's test databases on the same servers.
+"""
+import os
+import shutil
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+# Set before Django's settings load (pytest-django reads them after this conftest is imported).
+os.environ.setdefault("WORKBENCH_DATA_DIR", str(ROOT / ".workbench-test"))
+os.environ.setdefault("WORKBENCH_PORT_BASE", "18000")
+os.environ.setdefault("WORKBENCH_SEED_USERS", "300")
+os.environ.setdefault("WORKBENCH_SEED_POSTS_PER_USER", "5")
+os.environ.setdefault("WORKBENCH_RECONCILE_INTERVAL", "2")
+os.environ["WORKBENCH_FAULTS"] = "1"  # lets a request pause at a named point so a test can SIGKILL
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "workbench.settings")
+
+from workbench.stack import config, launcher  # noqa: E402
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
+    """Poll until `predicate()` is truthy; generous timeouts, since these are events, not timings."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def stack_config():
+    return config.load()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_config):
+    cfg = stack_config
+    launcher.down(cfg, out=lambda *_: None)  # a previous run that was interrupted
+    if cfg.data_dir.exists():
+        shutil.rmtree(cfg.data_dir)
+    state = launcher.up(cfg, out=lambda *_: None)
+    yield state
+    current = launcher.status(cfg) or state
+    pids = [p["pid"] for p in current["processes"] if p["pid"]]
+    launcher.down(cfg, out=lambda *_: None)
+    left = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"`down` left processes behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(stack):
+    """Hook of pytest-django's DB setup: the stack's PostgreSQL must run before test DBs are made."""
+
+
+@pytest.fixture(scope="session")
+def api_url(stack):
+    return stack["api_url"] + "/api/v1"
+
+
+@pytest.fixture
+def http():
+    with requests.Session() as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def controller(stack_config, stack):
+    """GET helpers for the controller's API."""
+    headers = {"Authorization": f"Bearer {stack_config.controller_token()}"}
+
+    class Controller:
+        def status(self):
+            return requests.get(stack_config.controller_url + "/status", headers=headers, timeout=5).json()
+
+        def process(self, name):
+            return next(p for p in self.status()["processes"] if p["name"] == name)
+
+    return Controller()
+
+
+def sign_up(http, api_url, username, **extra):
+    body = {"username": username, "email": f"{username}@example.org", "password": "correct-horse", **extra}
+    response = http.post(f"{api_url}/users", json=body, timeout=30)
+    assert response.status_code == 201, response.text
+    return response.json()["data"]
+
+
+@pytest.fixture
+def new_user(http, api_url):
+    """A freshly signed-up user, unique per test."""
+    counter = {"n": 0}
+
+    def make(**extra):
+        counter["n"] += 1
+        name = f"t{os.getpid() % 10000}_{time.monotonic_ns() % 10**9}_{counter['n']}"[:30]
+        return sign_up(http, api_url, name, **extra)
+
+    return make
