@@ -4,6 +4,53 @@ import streamlit as st
 
 from lessons.client import StackClient
 
+UNREACHABLE = "The stack controller does not answer."
+RECENT_EVENTS = 15
+
+
+def _process_table(procs: list[dict]):
+    """One row per process, indexed by name. Rendered with st.table (plain HTML), so every value is
+    in the page itself: readable by assistive tools, copyable, and checkable by a browser test."""
+    table = pd.DataFrame([{
+        "name": p["name"], "role": p["role"], "health": "healthy" if p["healthy"] else "DOWN",
+        "pid": p["pid"] or None, "port": p["port"] or None, "uptime (s)": round(p["uptime_s"]),
+        "RSS (MiB)": p["rss_bytes"] / 2**20, "restarts": p["restarts"],
+    } for p in procs]).set_index("name")
+    # A process without a port (port 0: a worker) or without a pid (not running) shows a dash.
+    table = table.astype({"pid": "Int64", "port": "Int64"})
+    return (table.style.format({"RSS (MiB)": "{:.1f}"}).format(subset=["pid", "port"], na_rep="\u2014")
+            .map(lambda v: "color: #d62728; font-weight: bold" if v == "DOWN" else "", subset=["health"]))
+
+
+def _readiness(body: dict) -> None:
+    """GET /readyz through Caddy: 200 {"status": "ready", "checks": ...}, a 503 problem naming what
+    fails, or {"status": "unreachable"} from the client when no answer came back."""
+    checks = body.get("checks") or {}
+    if body.get("status") == "ready":
+        st.success(f"Ready: all {len(checks)} dependencies answer.")
+    elif body.get("status") == "unreachable":
+        st.error(f"/readyz did not answer: {body.get('detail')}")
+    else:
+        st.error(f"Not ready: {body.get('detail') or body}")
+    if checks:
+        table = pd.DataFrame([{
+            "dependency": name, "ok": "yes" if check.get("ok") else "NO",
+            "answered in": f"{check['ms']:.1f} ms" if "ms" in check else "\u2014",
+            "error": check.get("error") or "",
+        } for name, check in checks.items()]).set_index("dependency")
+        st.table(table if table["error"].any() else table.drop(columns="error"))
+
+
+def _events_table(events: list[dict]) -> pd.DataFrame:
+    """The controller's event log: a time, the event, and whatever fields that event carries."""
+    rows = []
+    for event in events:
+        fields = {k: v for k, v in event.items() if k not in ("ts", "event") and v is not None}
+        rows.append({"time": pd.Timestamp(event["ts"], unit="s", tz="UTC").strftime("%H:%M:%S.%f")[:-3] + " UTC"
+                     if "ts" in event else "", "event": event.get("event", ""),
+                     "details": ", ".join(f"{k}={v}" for k, v in fields.items())})
+    return pd.DataFrame(rows, columns=["time", "event", "details"])
+
 
 def render():
     client = StackClient()
@@ -12,24 +59,35 @@ def render():
                "stack controller, the request from a real call through Caddy.")
     state = client.status()
     if not state:
-        st.error("The stack controller does not answer. Start the workbench with `python manage.py up`.")
+        st.error(f"{UNREACHABLE} Tried `{client.cfg.controller_url}/status` with the token in "
+                 f"`{client.cfg.token_file}`. Start the workbench with `python manage.py up`, or check "
+                 "that WORKBENCH_PORT_BASE and WORKBENCH_DATA_DIR match the running stack.")
+        if st.button("Try again"):
+            st.rerun()
         return
+
     procs = state["processes"]
-    healthy = sum(p["healthy"] for p in procs)
+    healthy = sum(bool(p["healthy"]) for p in procs)
+    if state.get("error"):
+        st.error(f"The controller reports an error: {state['error']}")
+    elif state["phase"] != "ready":
+        st.warning(f"The stack is not ready yet (phase: {state['phase']}).")
+    down = [p["name"] for p in procs if not p["healthy"]]
+    if down:
+        st.warning("Not healthy: " + ", ".join(f"`{name}`" for name in down))
+
     cols = st.columns(4)
     cols[0].metric("Processes healthy", f"{healthy} / {len(procs)}")
     cols[1].metric("Phase", state["phase"])
     probe = client.probe()
     cols[2].metric("GET /api/v1/users (measured now)", f"{probe['ms']:.1f} ms" if probe["ok"] else "failed")
-    cols[3].metric("Answered by", probe.get("app_server") or "-")
+    cols[3].metric("Answered by", probe.get("app_server") or "\u2014")
+    if not probe["ok"]:
+        st.error("The probe request through Caddy failed: "
+                 + (f"HTTP {probe['status']}" if "status" in probe else probe.get("error", "unknown error")))
 
-    table = pd.DataFrame([{
-        "role": p["role"], "name": p["name"], "pid": p["pid"], "port": p["port"],
-        "health": "healthy" if p["healthy"] else "DOWN", "uptime (s)": round(p["uptime_s"]),
-        "RSS (MiB)": round(p["rss_bytes"] / 2**20, 1), "restarts": p["restarts"],
-    } for p in procs])
     st.subheader("Processes")
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.table(_process_table(procs))
 
     st.subheader("Entry points")
     st.markdown(f"- API (through Caddy): `{state['api_url']}`  \n"
@@ -37,11 +95,13 @@ def render():
                 f"- API docs: [{state['api_url']}/api/docs]({state['api_url']}/api/docs)")
 
     st.subheader("Readiness of the API's dependencies")
-    st.json(client.readiness(), expanded=False)
+    _readiness(client.readiness())
 
     events = client.events()
     if events:
         st.subheader("Controller events")
-        st.dataframe(pd.DataFrame(events[-30:][::-1]), hide_index=True, width="stretch")
+        st.caption(f"The {min(len(events), RECENT_EVENTS)} most recent of {len(events)}, newest first.")
+        st.dataframe(_events_table(events[-RECENT_EVENTS:][::-1]), hide_index=True, width="stretch",
+                     height="content")
     if st.button("Refresh"):
         st.rerun()

@@ -110,14 +110,18 @@ def results_dir(cfg: StackConfig) -> Path:
     return path
 
 
-def execute(cfg: StackConfig, w: Workload, *, target: str | None = None, topology: dict | None = None,
-            label: str = "", on_progress=None, allowed_hosts: list[str] = ()) -> dict:
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def execute(cfg: StackConfig, w: Workload, *, run_id: str | None = None, target: str | None = None,
+            topology: dict | None = None, label: str = "", on_progress=None, allowed_hosts: list[str] = ()) -> dict:
     """Run `w` against `target` (default: the stack's entry point) and save the result."""
     target = target or cfg.api_url
     check_target(target, list(allowed_hosts))
     users, posts = load_keys(cfg.data_database_url) if w.path is None else ([], [])
     processes = processes_for(w)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    run_id = run_id or new_run_id()
     counters = multiprocessing.get_context("fork").Array("q", 2)
     done = threading.Event()
 
@@ -155,10 +159,22 @@ def execute(cfg: StackConfig, w: Workload, *, target: str | None = None, topolog
     return result
 
 
-def load_result(cfg: StackConfig, run_id: str) -> dict:
+def load_result(cfg: StackConfig, run_id: str) -> dict | None:
     if not run_id.replace("-", "").isalnum():
-        raise WorkloadError("run_id", "not a run id")
+        return None
     path = results_dir(cfg) / f"{run_id}.json"
-    if not path.exists():
-        raise WorkloadError("run_id", f"no run {run_id}")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def list_results(cfg: StackConfig, limit: int = 50) -> list[dict]:
+    """The newest runs first, in brief."""
+    out = []
+    for path in sorted(results_dir(cfg).glob("*.json"), reverse=True)[:limit]:
+        try:
+            r = json.loads(path.read_text())
+        except ValueError:
+            continue
+        out.append({"id": r["id"], "label": r["label"], "mode": r["workload"]["mode"],
+                    "rate": r["workload"]["rate"], "valid": r["summary"]["valid"],
+                    "achieved_rps": r["summary"]["achieved_rps"], "p95_ms": r["summary"]["latency"]["p95_ms"]})
+    return out

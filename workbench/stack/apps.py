@@ -60,7 +60,8 @@ def dashboard(cfg: StackConfig) -> ProcessSpec:
     port = cfg.dashboard_port
     argv = [sys.executable, "-m", "streamlit", "run", str(PROJECT_DIR / "lessons" / "app.py"),
             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--client.toolbarMode", "minimal"]
     return ProcessSpec(
         name="dashboard", role="dashboard", port=port, log_file=cfg.log_dir / "dashboard.log",
         argv=argv, cwd=PROJECT_DIR, env=stack_env(cfg),

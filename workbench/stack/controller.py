@@ -19,13 +19,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psutil
 
 from . import apps, caddy, config, postgres, valkey
-from .process import ProcessSpec, Supervised
+from .process import ProcessSpec, Supervised, stop_tree
 
 HEALTH_INTERVAL = 1.0
 MAX_BACKOFF = 30.0
 
 
 class BringUpError(RuntimeError):
+    pass
+
+
+class RunBusy(RuntimeError):
     pass
 
 
@@ -40,6 +44,8 @@ class Controller:
         self.started_at = time.time()
         self.stopping = threading.Event()
         self.lock = threading.RLock()
+        self.run: dict | None = None          # the measurement run in progress (one at a time)
+        self.run_proc: subprocess.Popen | None = None
 
     # --- events -------------------------------------------------------------------------------
     def log(self, event: str, **fields) -> None:
@@ -164,12 +170,51 @@ class Controller:
         self.set_phase("stopping")
         with self.lock:
             procs = list(self.procs.values())
+            if self.run_proc and self.run_proc.poll() is None:
+                stop_tree(self.run_proc.pid, timeout=5)
         # Front to back: nothing accepts requests while what it depends on goes away.
         for proc in reversed(procs):
             proc.stop()
             self.log("stopped", name=proc.spec.name, pid=proc.pid)
         (self.cfg.run_dir / "processes.json").unlink(missing_ok=True)
         self.set_phase("stopped")
+
+    # --- measurement runs -----------------------------------------------------------------------
+    def start_run(self, spec: dict, label: str) -> dict:
+        """Start a load-generator run in its own process; the controller only relays its progress."""
+        from workbench.loadgen import runs
+        from workbench.loadgen.workload import Workload
+
+        workload = Workload.from_dict(spec)  # raises WorkloadError naming the field
+        with self.lock:
+            if self.run and self.run["status"] == "running":
+                raise RunBusy(self.run["id"])
+            run_id = runs.new_run_id()
+            self.run = {"id": run_id, "status": "running", "label": label, "progress": {},
+                        "workload": workload.to_dict(), "error": None}
+            log = open(self.cfg.log_dir / f"run-{run_id}.log", "wb")
+            self.run_proc = subprocess.Popen(
+                [sys.executable, "-m", "workbench.loadgen", run_id, json.dumps(workload.to_dict()), label],
+                cwd=config.PROJECT_DIR, env={**os.environ, **apps.stack_env(self.cfg)},
+                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True)
+            log.close()
+        threading.Thread(target=self._follow_run, args=(self.run, self.run_proc), daemon=True).start()
+        self.log("run_started", id=run_id, label=label, rate=workload.rate, mode=workload.mode)
+        return dict(self.run)
+
+    def _follow_run(self, run: dict, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "progress" in message:
+                run["progress"] = message["progress"]
+        code = proc.wait()
+        run["status"] = "done" if code == 0 else "failed"
+        if code != 0:
+            run["error"] = f"the run exited with code {code}; see logs/run-{run['id']}.log"
+        self.log("run_finished", id=run["id"], status=run["status"])
 
     # --- status -------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -225,11 +270,38 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, ctl.status())
         if self.path == "/events":
             return self._send(200, {"events": list(ctl.events)})
+        if self.path == "/runs":
+            from workbench.loadgen import runs
+            return self._send(200, {"current": ctl.run, "runs": runs.list_results(ctl.cfg)})
+        if self.path.startswith("/runs/"):
+            from workbench.loadgen import runs
+            run_id = self.path.removeprefix("/runs/")
+            if ctl.run and ctl.run["id"] == run_id and ctl.run["status"] == "running":
+                return self._send(200, {"status": "running", **ctl.run})
+            result = runs.load_result(ctl.cfg, run_id)
+            if result is None:
+                if ctl.run and ctl.run["id"] == run_id:
+                    return self._send(200, ctl.run)  # failed before saving a result
+                return self._send(404, {"error": f"no run {run_id}"})
+            return self._send(200, {"status": "done", **result})
         return self._send(404, {"error": f"no such endpoint {self.path}"})
 
     def do_POST(self):
         if not self._authorized():
             return self._send(401, {"error": "missing or wrong controller token"})
+        if self.path == "/runs":
+            from workbench.loadgen.workload import WorkloadError
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(min(length, 65536)) or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("not an object")
+                run = self.controller.start_run(body.get("workload") or {}, str(body.get("label", ""))[:100])
+            except (ValueError, TypeError) as exc:
+                return self._send(400, {"error": f"bad request: {exc}", "field": getattr(exc, "field", "(body)")})
+            except RunBusy as exc:
+                return self._send(409, {"error": f"run {exc} is still going; one run at a time"})
+            return self._send(202, run)
         if self.path == "/shutdown":
             self._send(202, {"stopping": True})
             threading.Thread(target=lambda: os.kill(os.getpid(), signal.SIGTERM), daemon=True).start()

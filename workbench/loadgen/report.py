@@ -1,0 +1,63 @@
+"""Text tables of runs, for the terminal and docs/benchmarks.md."""
+from __future__ import annotations
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def summary_table(result: dict) -> str:
+    s = result["summary"]
+    w = result["workload"]
+    lat, svc, lag = s["latency"], s["service_time"], s["generator_lag"]
+    lines = [
+        f"run {result['id']}  {result['label']}".rstrip(),
+        f"model: {result['model']}; target {result['target']}; {result['processes']} generator process(es)",
+        f"asked {w['rate']:g}/s for {w['duration_s']:g}s" if w["mode"] == "open"
+        else f"{w['connections']} connections for {w['duration_s']:g}s",
+        f"scheduled {s['scheduled']:,}  sent {s['sent']:,}  ok {s['ok']:,}  errors {s['error_count']:,} "
+        f"{s['errors'] or ''}  dropped {s['dropped']:,}",
+        f"achieved {s['achieved_rps']:,} ok/s (sent {s['sent_rps']:,}/s)",
+        "",
+        f"{'latency (ms)':<34}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}",
+        f"{'from intended send (what users see)':<34}{_ms(lat['p50_ms']):>9}{_ms(lat['p95_ms']):>9}"
+        f"{_ms(lat['p99_ms']):>9}{_ms(lat['max_ms']):>9}",
+        f"{'from actual send (service time)':<34}{_ms(svc['p50_ms']):>9}{_ms(svc['p95_ms']):>9}"
+        f"{_ms(svc['p99_ms']):>9}{_ms(svc['max_ms']):>9}",
+        f"{'generator lag':<34}{_ms(lag['p50_ms']):>9}{_ms(lag['p95_ms']):>9}{_ms(lag['p99_ms']):>9}"
+        f"{_ms(lag['max_ms']):>9}",
+        "",
+        f"machine: {result['machine']['cores']} cores, CPU mean {result['machine']['cpu']['mean_percent']}% "
+        f"max {result['machine']['cpu']['max_percent']}%",
+    ]
+    for header, counts in s["attribution"].items():
+        lines.append(f"{header}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
+    lines.append("VALID" if s["valid"] else f"INVALID: {s['invalid_reason']} (not a server latency)")
+    lines += [f"warning: {x}" for x in result.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def ratio(a, b) -> str:
+    if a in (None, 0) or b is None:
+        return "-"
+    return f"{b / a:.2f}x"
+
+
+def compare_table(a: dict, b: dict) -> str:
+    sa, sb = a["summary"], b["summary"]
+    rows = [("achieved ok/s", sa["achieved_rps"], sb["achieved_rps"])]
+    for p in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
+        rows.append((f"latency {p[:-3]} (ms)", sa["latency"][p], sb["latency"][p]))
+    rows.append(("errors", sa["error_count"], sb["error_count"]))
+    lines = [f"A = {a['id']} {a['label']}", f"B = {b['id']} {b['label']}",
+             f"{'':<20}{'A':>12}{'B':>12}{'B/A':>9}"]
+    for name, va, vb in rows:
+        lines.append(f"{name:<20}{_fmt(va):>12}{_fmt(vb):>12}{ratio(va, vb):>9}")
+    for run, tag in ((a, "A"), (b, "B")):
+        if not run["summary"]["valid"]:
+            lines.append(f"{tag} is INVALID: {run['summary']['invalid_reason']}")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else (f"{value:,.2f}" if isinstance(value, float) else f"{value:,}")
