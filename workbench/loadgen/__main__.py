@@ -20,13 +20,11 @@ def main() -> int:
         os.setpriority(os.PRIO_PROCESS, 0, -10)
     except OSError:
         pass
-    allowed = [h for h in os.environ.get("WORKBENCH_LOADGEN_ALLOWED_HOSTS", "").split(",") if h]
 
     def progress(p):
         print(json.dumps({"progress": p}), flush=True)
 
-    result = runs.execute(cfg, Workload.from_dict(spec), run_id=run_id, label=label, on_progress=progress,
-                          allowed_hosts=allowed, target=os.environ.get("WORKBENCH_LOADGEN_TARGET") or None)
+    result = runs.execute(cfg, Workload.from_dict(spec), run_id=run_id, label=label, on_progress=progress)
     print(json.dumps({"done": result["id"], "valid": result["summary"]["valid"]}), flush=True)
     return 0
 

@@ -2,7 +2,6 @@
 (workload, topology, machine, CPU use, software versions) as JSON under <data dir>/results/."""
 from __future__ import annotations
 
-import ipaddress
 import json
 import multiprocessing
 import os
@@ -13,7 +12,6 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psutil
 import psycopg
@@ -21,30 +19,12 @@ import psycopg
 from workbench.stack.config import StackConfig
 
 from . import engine
-from .workload import Workload, WorkloadError
+from .workload import Workload, check_target
 
 # Highest rate one generator process is asked to carry before the run spreads over processes.
 # Measured on this machine against Caddy's static `respond` sink: see docs/benchmarks.md.
 PER_PROCESS_RATE = 1500
 KEY_SAMPLE = 100_000
-
-
-class TargetRefused(WorkloadError):
-    pass
-
-
-def check_target(url: str, allowed: list[str]) -> None:
-    """Only loopback, or hosts the stack's configuration lists for external mode."""
-    host = urlsplit(url).hostname or ""
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        if host == "localhost":
-            return
-    if host in allowed:
-        return
-    raise TargetRefused("target", f"{host!r} is not loopback and not in WORKBENCH_LOADGEN_ALLOWED_HOSTS")
 
 
 def load_keys(database_url: str, sample: int = KEY_SAMPLE) -> tuple[list[int], list[tuple[int, int]]]:
@@ -114,11 +94,11 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def execute(cfg: StackConfig, w: Workload, *, run_id: str | None = None, target: str | None = None,
-            topology: dict | None = None, label: str = "", on_progress=None, allowed_hosts: list[str] = ()) -> dict:
+def execute(cfg: StackConfig, w: Workload, *, run_id: str | None = None, topology: dict | None = None,
+            label: str = "", on_progress=None) -> dict:
     """Run `w` against `target` (default: the stack's entry point) and save the result."""
-    target = target or cfg.api_url
-    check_target(target, list(allowed_hosts))
+    target = w.target or cfg.api_url
+    check_target(target)
     users, posts = load_keys(cfg.data_database_url) if w.path is None else ([], [])
     processes = processes_for(w)
     run_id = run_id or new_run_id()

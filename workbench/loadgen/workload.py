@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import os
 import random
 from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
 
 MAX_DURATION_S = 600
 MAX_RATE = 50_000
@@ -37,6 +39,7 @@ class Workload:
     timeout_s: float = 10.0
     max_requests: int = MAX_REQUESTS
     path: str | None = None              # fixed path for calibration runs (overrides the mix)
+    target: str | None = None            # base URL; default the stack's entry point (Caddy)
     seed: int = 1
 
     def validate(self) -> "Workload":
@@ -72,6 +75,8 @@ class Workload:
                 raise WorkloadError("spike.factor", f"the spike rate must stay under {MAX_RATE}/s")
         if self.path is not None and not self.path.startswith("/"):
             raise WorkloadError("path", "an absolute path such as /healthz")
+        if self.target is not None:
+            check_target(self.target)
         return self
 
     @classmethod
@@ -189,6 +194,26 @@ def next_request(w: Workload, keys: Keys | None, rng: random.Random, seq: int) -
 def _days_ago(days: int) -> str:
     from datetime import datetime, timedelta, timezone
     return (datetime.now(timezone.utc) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_target(url: str, allowed: list[str] | None = None) -> None:
+    """Safety: load goes only to loopback, or to hosts the stack's configuration lists for
+    external mode (WORKBENCH_LOADGEN_ALLOWED_HOSTS, comma-separated)."""
+    if allowed is None:
+        allowed = [h for h in os.environ.get("WORKBENCH_LOADGEN_ALLOWED_HOSTS", "").split(",") if h]
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https"):
+        raise WorkloadError("target", "an http:// or https:// URL")
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        if host == "localhost":
+            return
+    if host in allowed:
+        return
+    raise WorkloadError("target", f"{host!r} is not loopback and not in WORKBENCH_LOADGEN_ALLOWED_HOSTS")
 
 
 def source_addresses(count: int) -> list[str | None]:
