@@ -61,7 +61,10 @@ def decode_cursor(raw: str, kinds: tuple[str, ...]) -> tuple:
                 raise bad
             key.append(value)
         else:
-            moment = parse_datetime(value) if isinstance(value, str) and "\x00" not in value else None
+            try:
+                moment = parse_datetime(value) if isinstance(value, str) and "\x00" not in value else None
+            except ValueError:  # well-formed but impossible, like month 13 or offset +25:00
+                moment = None
             if moment is None or moment.tzinfo is None:
                 raise bad
             key.append(moment)

@@ -5,9 +5,18 @@ import json
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api.gateway.errors import NotFound
+from api.routing.ids import MAX_ID
+
 
 class ApiView(APIView):
     api_version = "v1"
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        for name, value in kwargs.items():  # path ids (Int64Converter) past 64 bits match nothing
+            if isinstance(value, int) and value > MAX_ID:
+                raise NotFound(name, f"No such {name.removesuffix('_id')}: `{name}` is beyond 2^63-1.")
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
