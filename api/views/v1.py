@@ -31,7 +31,7 @@ def _validated(serializer_class, request, *, partial=False):
 
 
 class UserListView(ApiView):
-    @extend_schema(parameters=LIST_PARAMS, responses=_page(UserSerializer, "UserPage"))
+    @extend_schema(operation_id="users_list", parameters=LIST_PARAMS, responses=_page(UserSerializer, "UserPage"))
     def get(self, request):
         page = page_params(request.query_params, ("id",))
         rows = selectors.user_list(page=page)
@@ -48,7 +48,7 @@ class UserListView(ApiView):
 
 
 class UserDetailView(ApiView):
-    @extend_schema(responses=UserSerializer)
+    @extend_schema(operation_id="users_get", responses=UserSerializer)
     def get(self, request, user_id):
         return Response(UserSerializer(selectors.user_get(user_id=user_id)).data)
 
@@ -71,7 +71,7 @@ class UserDetailView(ApiView):
 
 
 class PostListView(ApiView):
-    @extend_schema(parameters=LIST_PARAMS + TIME_PARAMS, responses=_page(PostSerializer, "PostPage"))
+    @extend_schema(operation_id="posts_list", parameters=LIST_PARAMS + TIME_PARAMS, responses=_page(PostSerializer, "PostPage"))
     def get(self, request, user_id):
         page = page_params(request.query_params, ("time", "id"), extra={"since", "until"})
         since, until = time_range(request.query_params)
@@ -89,7 +89,7 @@ class PostListView(ApiView):
 
 
 class PostDetailView(ApiView):
-    @extend_schema(responses=PostSerializer)
+    @extend_schema(operation_id="posts_get", responses=PostSerializer)
     def get(self, request, user_id, post_id):
         return Response(PostSerializer(selectors.post_get(user_id=user_id, post_id=post_id)).data)
 
