@@ -54,11 +54,12 @@ async def open_loop(w: Workload, keys: Keys | None, send, recorder: Recorder, pa
     start = clock() + START_LEAD_S
     in_flight: set[asyncio.Task] = set()
 
-    async def one(seq: int, intended: float, kind: str, method: str, path: str, body):
+    async def one(seq: int, second: int, intended: float, kind: str, method: str, path: str, body):
         sent_at = clock()
         outcome, headers = await send(seq, method, path, body)
         done = clock()
-        recorder.on_done(int(intended - start), kind, int((done - intended) * 1e6), int((done - sent_at) * 1e6),
+        # The same second as on_send: int(intended - start) can fall just below a whole second.
+        recorder.on_done(second, kind, int((done - intended) * 1e6), int((done - sent_at) * 1e6),
                          outcome, headers)
         if progress:
             progress(outcome)
@@ -73,7 +74,7 @@ async def open_loop(w: Workload, keys: Keys | None, send, recorder: Recorder, pa
         recorder.scheduled += 1
         recorder.on_send(int(offset), int((clock() - intended) * 1e6))
         kind, method, path, body = next_request(w, keys, rng, seq * parts + part)
-        task = asyncio.ensure_future(one(seq, intended, kind, method, path, body))
+        task = asyncio.ensure_future(one(seq, int(offset), intended, kind, method, path, body))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
     await _drain(in_flight, w.timeout_s + 1, recorder)

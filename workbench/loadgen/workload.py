@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 MAX_DURATION_S = 600
 MAX_RATE = 50_000
 MAX_REQUESTS = 2_000_000
+MAX_TIMEOUT_S = 60            # per request; bounds how long a run can wait for its last answers
 
 
 class WorkloadError(ValueError):
@@ -43,6 +44,25 @@ class Workload:
     seed: int = 1
 
     def validate(self) -> "Workload":
+        # Types first: a JSON body can carry anything, and a wrong type must be a 400 naming the
+        # field, not an exception deeper down (or a run that fails in the generator process).
+        for name in ("rate", "duration_s", "read_ratio", "zipf_s", "timeout_s", "connections", "source_ips",
+                     "processes", "max_requests", "seed"):
+            kind = (int, float) if name in ("rate", "duration_s", "read_ratio", "zipf_s", "timeout_s") else int
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise WorkloadError(name, "a number" if kind is not int else "an integer")
+        for name in ("path", "target"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise WorkloadError(name, "a string")
+        for name in ("reads", "writes"):
+            mix = getattr(self, name)
+            if not isinstance(mix, dict) or not all(isinstance(v, (int, float)) for v in mix.values()):
+                raise WorkloadError(name, "an object of numeric weights")
+        if self.spike is not None and not isinstance(self.spike, dict):
+            raise WorkloadError("spike", "an object {at_s, for_s, factor}")
+        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:
+            raise WorkloadError("timeout_s", f"between 0 and {MAX_TIMEOUT_S} s")
         if self.mode not in ("open", "closed"):
             raise WorkloadError("mode", "open or closed")
         if not 0 < self.rate <= MAX_RATE:
@@ -69,7 +89,7 @@ class Workload:
                 raise WorkloadError(name, f"weights >= 0 over {sorted(known)}, not all zero")
         if self.spike:
             for key in ("at_s", "for_s", "factor"):
-                if not isinstance(self.spike.get(key), (int, float)) or self.spike[key] < 0:
+                if not isinstance(self.spike.get(key), (int, float)) or not self.spike[key] >= 0:
                     raise WorkloadError(f"spike.{key}", "a number >= 0")
             if self.rate * self.spike["factor"] > MAX_RATE:
                 raise WorkloadError("spike.factor", f"the spike rate must stay under {MAX_RATE}/s")
