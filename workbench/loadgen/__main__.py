@@ -10,26 +10,11 @@ from . import runs
 from .workload import Workload
 
 
-def prioritise() -> None:
-    """The generator shares the two cores with the stack it measures. With real-time priority
-    (root only; else a higher nice), a send is not queued behind a busy app worker, so it leaves
-    on time. Its lag is measured and judged either way; this only makes valid runs possible."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-        return
-    except (OSError, AttributeError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, -10)
-    except OSError:
-        pass
-
-
 def main() -> int:
     run_id, spec = sys.argv[1], json.loads(sys.argv[2])
     label = sys.argv[3] if len(sys.argv) > 3 else ""
     cfg = config.load()
-    prioritise()
+    runs.prioritise()
 
     def progress(p):
         print(json.dumps({"progress": p}), flush=True)

@@ -19,7 +19,7 @@ import requests
 from django.core.management.base import BaseCommand, CommandError
 
 from workbench.loadgen import engine
-from workbench.loadgen.runs import machine
+from workbench.loadgen.runs import machine, prioritise
 from workbench.loadgen.workload import Workload
 from workbench.management.commands.bench import DOC
 from workbench.stack import binaries, config
@@ -61,6 +61,7 @@ class Command(BaseCommand):
             raise CommandError("wrk is missing: apt-get install wrk")
         if (os.cpu_count() or 1) < 2:
             raise CommandError("pinning generator and sink to separate cores needs 2 cores")
+        prioritise()  # the same footing as runs started by the controller
         ceiling = self.ceiling(o["duration"])
         comparison = self.versus_wrk(o)
         text = self.render(ceiling, comparison, o)
