@@ -71,6 +71,7 @@ async def open_loop(w: Workload, keys: Keys | None, send, recorder: Recorder, pa
         wait = intended - clock()
         if wait > EARLY_S:
             await asyncio.sleep(wait - EARLY_S)
+        await asyncio.sleep(0)  # handle the answers already waiting before the precise sleep
         rest = intended - clock()
         if rest > 0:
             time.sleep(rest)  # blocks the loop < 0.5 ms: answers arriving meanwhile are timed late, never early
