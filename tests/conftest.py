@@ -106,3 +106,17 @@ def new_user(http, api_url):
         return sign_up(http, api_url, name, **extra)
 
     return make
+
+
+def problem_fields(response) -> set:
+    return {error["field"] for error in response.json().get("errors", [])}
+
+
+def assert_problem(response, status: int, *fields: str):
+    """An RFC 9457 problem with this status, naming at least these fields."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status
+    assert body["type"] and body["title"] and body["detail"]
+    assert set(fields) <= problem_fields(response), body

@@ -4,21 +4,13 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
+from conftest import assert_problem
 
 POST_FIELDS = {"id", "user_id", "title", "body", "created_at", "updated_at"}
 
 
 def ts(value: str) -> datetime:
     return datetime.fromisoformat(value)
-
-
-def assert_problem(response, status: int, *fields: str):
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    assert body["type"] and body["title"] and body["detail"]
-    assert set(fields) <= {error["field"] for error in body.get("errors", [])}, body
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from datetime import datetime
 
 import pytest
 
-from conftest import sign_up
+from conftest import assert_problem, sign_up
 
 USER_FIELDS = {"id", "username", "email", "name", "bio", "post_count", "created_at", "updated_at"}
 
@@ -16,19 +16,6 @@ def unique_name(tag: str = "u") -> str:
 
 def ts(value: str) -> datetime:
     return datetime.fromisoformat(value)
-
-
-def fields_of(response) -> set:
-    return {error["field"] for error in response.json().get("errors", [])}
-
-
-def assert_problem(response, status: int, *fields: str):
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    assert body["type"] and body["title"] and body["detail"]
-    assert set(fields) <= fields_of(response), body
 
 
 def get_user(http, api_url, user_id):

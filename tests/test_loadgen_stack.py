@@ -10,7 +10,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import ROOT
+from conftest import ROOT
 from workbench.loadgen.client import RunClient
 
 RATE, DURATION_S = 100, 3

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.conftest import wait_for
+from conftest import wait_for
 
 PASSWORD = "correct-horse"
 

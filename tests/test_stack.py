@@ -10,7 +10,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import ROOT, wait_for
+from conftest import ROOT, wait_for
 from workbench.stack import config, launcher
 
 STATUS_FIELDS = {"role", "name", "pid", "port", "healthy", "uptime_s", "rss_bytes"}

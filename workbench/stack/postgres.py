@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import stat
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,6 +34,19 @@ def run_as() -> str | None:
     return OS_USER
 
 
+def ensure_reachable(path: Path) -> list[str]:
+    """Running as root, PostgreSQL runs as OS_USER, which must be able to traverse every
+    directory above its binaries and data (a checkout inside a 0700 directory, such as one made
+    by mktemp, is not). Grant search (o+x, not read) where it is missing; say what was changed."""
+    changed = []
+    for directory in reversed(path.resolve().parents):
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+            changed.append(str(directory))
+    return changed
+
+
 def _chown(path: Path, user: str | None) -> None:
     if user:
         entry = pwd.getpwnam(user)
@@ -46,6 +60,11 @@ def init_cluster(data_dir: Path, database: str) -> None:
     user = run_as()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     _chown(data_dir.parent, user)
+    if user:
+        for path in (data_dir, binaries.postgres_bin_dir() / "initdb"):
+            for directory in ensure_reachable(path):
+                print(f"granted search permission (o+x) on {directory} so {user} can reach PostgreSQL's files",
+                      flush=True)
     if data_dir.exists():
         shutil.rmtree(data_dir)  # a half-made cluster from an interrupted initdb
     bindir = binaries.postgres_bin_dir()
