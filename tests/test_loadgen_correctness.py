@@ -33,6 +33,7 @@ class Sink:
         self.rng = random.Random(2024)
         self.drawn: list[float] = []                     # service times /sink drew, in seconds
         self.stalls: dict[str, dict] = {}                # tag -> {"t0", "held", "served"}
+        self.peers: set[str] = set()                     # source addresses seen by /peer
         self.port = None
         self._ready = threading.Event()
         self._error = None
@@ -43,6 +44,10 @@ class Sink:
         self.drawn.append(delay)
         await asyncio.sleep(delay)          # concurrent: no queueing behind other requests
         return web.Response(text="ok", headers={"X-App-Server": "sink"})
+
+    async def peer(self, request):
+        self.peers.add(request.remote)
+        return web.Response(text="ok")
 
     async def stall(self, request):
         now = time.monotonic()
@@ -64,6 +69,7 @@ class Sink:
             app = web.Application()
             app.router.add_get("/sink", self.sink)
             app.router.add_get("/stall/{tag}", self.stall)
+            app.router.add_get("/peer", self.peer)
             runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -288,3 +294,20 @@ def test_closed_loop_under_reports_p99_while_open_loop_shows_the_stall(sink):
                                             f"({closed.sent} closed requests, {held_closed} held)")
     # The closed loop slowed down instead: it sent far fewer requests during the stall second.
     assert c["p99_ms"] < 100, (c, closed.sent)
+
+
+def test_connections_come_from_many_loopback_addresses(sink):
+    """source_ips spreads connections over 127.0.0.1.. so per-IP limits see many clients."""
+    sink.peers.clear()
+    recorder, _ = run_against(sink.url, path="/peer", rate=200, duration_s=1.0, source_ips=8)
+    assert recorder.ok == recorder.sent == 200
+    assert sink.peers == {f"127.0.0.{i}" for i in range(1, 9)}
+
+
+def test_processes_share_one_schedule_and_their_results_merge(sink):
+    """Two generator processes together send exactly the asked profile, and one merged result."""
+    w = Workload(path="/peer", rate=200, duration_s=2.0, processes=2, timeout_s=10).validate()
+    recorder = engine.run(w, sink.url, [], [], processes=2)
+    assert_counts_add_up(recorder)
+    assert recorder.scheduled == 400 and recorder.ok == 400
+    assert [row["sent"] for row in recorder.timeseries()] == [200, 200]
