@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 
 from . import binaries
-from .process import ProcessSpec
+from .process import ProcessSpec, as_user
 
 OS_USER = "wbpg"
 DB_USER = "workbench"
@@ -70,7 +70,7 @@ def init_cluster(data_dir: Path, database: str) -> None:
     bindir = binaries.postgres_bin_dir()
     subprocess.run([str(bindir / "initdb"), "-D", str(data_dir), "-U", DB_USER, "--auth=trust",
                     "--encoding=UTF8", "--locale=C", "--no-sync"],
-                   check=True, capture_output=True, user=user)
+                   check=True, capture_output=True, **as_user(user))
     with open(data_dir / "postgresql.conf", "a") as conf:
         conf.write(_CONF)
     with open(data_dir / "pg_hba.conf", "a") as hba:

@@ -27,6 +27,15 @@ class ProcessSpec:
     stop_timeout: float = 20.0
 
 
+def as_user(user: str | None) -> dict:
+    """Popen arguments to run as `user` with its own group and no supplementary groups: with the
+    user alone, the child keeps root's groups and group permissions would apply, not its own."""
+    if not user:
+        return {}
+    import pwd
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
 class Supervised:
     """A running instance of a spec. The controller owns the Popen, so it can reap and restart it."""
 
@@ -48,7 +57,7 @@ class Supervised:
         env = {**os.environ, **spec.env}
         self.popen = subprocess.Popen(
             spec.argv, cwd=spec.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, user=spec.user,
+            stdin=subprocess.DEVNULL, **as_user(spec.user),
             # Its own process group, so stopping it never signals the controller.
             start_new_session=True,
         )
