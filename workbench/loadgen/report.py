@@ -37,22 +37,36 @@ def summary_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def ratio(a, b) -> str:
+def ratio_value(a, b) -> float | None:
+    """B/A, or None where it means nothing (no A, or A is zero)."""
     if a in (None, 0) or b is None:
-        return "-"
-    return f"{b / a:.2f}x"
+        return None
+    return b / a
+
+
+def ratio(a, b) -> str:
+    value = ratio_value(a, b)
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def compare_rows(a: dict, b: dict) -> list[dict]:
+    """The figures two runs are compared by, one dict per row: `name`, `a`, `b`, `ratio` (B/A or
+    None) and `latency` (True for a latency row, which is not the server's if its run is invalid).
+    `compare_table` prints these; the dashboard shows them."""
+    sa, sb = a["summary"], b["summary"]
+    rows = [("achieved ok/s", sa["achieved_rps"], sb["achieved_rps"], False)]
+    for p in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
+        rows.append((f"latency {p[:-3]} (ms)", sa["latency"][p], sb["latency"][p], True))
+    rows.append(("errors", sa["error_count"], sb["error_count"], False))
+    return [{"name": name, "a": va, "b": vb, "ratio": ratio_value(va, vb), "latency": latency}
+            for name, va, vb, latency in rows]
 
 
 def compare_table(a: dict, b: dict) -> str:
-    sa, sb = a["summary"], b["summary"]
-    rows = [("achieved ok/s", sa["achieved_rps"], sb["achieved_rps"])]
-    for p in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
-        rows.append((f"latency {p[:-3]} (ms)", sa["latency"][p], sb["latency"][p]))
-    rows.append(("errors", sa["error_count"], sb["error_count"]))
     lines = [f"A = {a['id']} {a['label']}", f"B = {b['id']} {b['label']}",
              f"{'':<20}{'A':>12}{'B':>12}{'B/A':>9}"]
-    for name, va, vb in rows:
-        lines.append(f"{name:<20}{_fmt(va):>12}{_fmt(vb):>12}{ratio(va, vb):>9}")
+    for row in compare_rows(a, b):
+        lines.append(f"{row['name']:<20}{_fmt(row['a']):>12}{_fmt(row['b']):>12}{ratio(row['a'], row['b']):>9}")
     for run, tag in ((a, "A"), (b, "B")):
         if not run["summary"]["valid"]:
             lines.append(f"{tag} is INVALID: {run['summary']['invalid_reason']}")

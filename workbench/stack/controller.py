@@ -88,8 +88,8 @@ class Controller:
     def _start_postgres(self, name: str, role: str, port: int, database: str) -> None:
         data_dir = self.cfg.data_dir / "pg" / role
         self.set_phase(f"initialising {name}")
-        postgres.init_cluster(data_dir, database)
-        self._start(postgres.spec(name, data_dir, port, self.cfg.log_dir / f"{name}.log", database))
+        postgres.init_cluster(data_dir)
+        self._start(postgres.spec(name, data_dir, port, self.cfg.log_dir / f"{name}.log"))
         postgres.ensure_database(port, database)
 
     def _start(self, spec: ProcessSpec, timeout: float = 60.0) -> Supervised:

@@ -53,7 +53,7 @@ def _chown(path: Path, user: str | None) -> None:
         shutil.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def init_cluster(data_dir: Path, database: str) -> None:
+def init_cluster(data_dir: Path) -> None:
     """initdb once; a data directory that has PG_VERSION is left alone."""
     if (data_dir / "PG_VERSION").exists():
         return
@@ -75,7 +75,6 @@ def init_cluster(data_dir: Path, database: str) -> None:
         conf.write(_CONF)
     with open(data_dir / "pg_hba.conf", "a") as hba:
         hba.write("host replication all 127.0.0.1/32 trust\n")
-    (data_dir / "workbench-database").write_text(database)
 
 
 # Loopback only, TCP only; replication-ready from the start so replicas can be added live.
@@ -95,7 +94,7 @@ log_min_messages = warning
 """
 
 
-def spec(name: str, data_dir: Path, port: int, log_file: Path, database: str) -> ProcessSpec:
+def spec(name: str, data_dir: Path, port: int, log_file: Path) -> ProcessSpec:
     bindir = binaries.postgres_bin_dir()
     url = f"postgres://{DB_USER}@127.0.0.1:{port}/postgres"
     return ProcessSpec(
