@@ -11,16 +11,7 @@ import psutil
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-# Set before Django's settings load (pytest-django reads them after this conftest is imported).
-os.environ.setdefault("WORKBENCH_DATA_DIR", str(ROOT / ".workbench-test"))
-os.environ.setdefault("WORKBENCH_PORT_BASE", "18000")
-os.environ.setdefault("WORKBENCH_SEED_USERS", "300")
-os.environ.setdefault("WORKBENCH_SEED_POSTS_PER_USER", "5")
-os.environ.setdefault("WORKBENCH_RECONCILE_INTERVAL", "2")
-os.environ["WORKBENCH_FAULTS"] = "1"  # lets a request pause at a named point so a test can SIGKILL
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "workbench.settings")
-
+from tests.settings import ROOT  # noqa: E402  (sets the test stack's environment; see that module)
 from workbench.stack import config, launcher  # noqa: E402
 
 ARTIFACTS = ROOT / "tests" / "artifacts"

@@ -62,13 +62,13 @@ def test_caddy_round_robins_over_both_app_servers(stack, http):
 
 def test_port_in_use_names_the_port_and_its_holder(tmp_path):
     with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 21000))
+        holder.bind(("127.0.0.1", 10500))
         holder.listen()
-        env = {"WORKBENCH_PORT_BASE": "21000", "WORKBENCH_DATA_DIR": str(tmp_path / "wb")}
+        env = {"WORKBENCH_PORT_BASE": "10500", "WORKBENCH_DATA_DIR": str(tmp_path / "wb")}
         result = manage("up", env=env, timeout=60)
     assert result.returncode != 0
     message = result.stdout + result.stderr
-    assert "port 21000" in message and f"pid {os.getpid()}" in message, message
+    assert "port 10500" in message and f"pid {os.getpid()}" in message, message
     assert "Traceback" not in message
 
 
@@ -100,7 +100,7 @@ def test_controller_needs_its_token(stack):
 def test_external_mode_starts_no_engines(stack, stack_config, tmp_path):
     """A second stack pointed at the first one's PostgreSQL and Valkey starts only the front tier."""
     cfg = stack_config
-    env = {"WORKBENCH_PORT_BASE": "22000", "WORKBENCH_DATA_DIR": str(tmp_path / "ext"),
+    env = {"WORKBENCH_PORT_BASE": "11500", "WORKBENCH_DATA_DIR": str(tmp_path / "ext"),
            "DATABASE_URL": cfg.data_database_url, "META_DATABASE_URL": cfg.meta_db_url,
            "VALKEY_URL": cfg.cache_url, "VALKEY_STATE_URL": cfg.state_url, "WORKBENCH_APP_SERVERS": "1"}
     ext = config.load({**os.environ, **env})

@@ -147,6 +147,24 @@ class ConfigError(ValueError):
     pass
 
 
+def ephemeral_low() -> int:
+    """The first port the kernel hands out to outgoing connections (32768 on Linux by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def default_service_base(base: int) -> int:
+    """Engines sit 12000 above the front tier, with 200 ports for them and their Valkey Cluster bus
+    ports (+10000) kept below the ephemeral range: a port in that range can be taken by any client
+    connection (the load generator opens thousands), and a TIME_WAIT on it blocks an engine's
+    restart. Port bases too high for that fall back to 30000 above, below MAX_SERVICE_PORT."""
+    if base + 12000 + 10000 + 200 <= ephemeral_low():
+        return base + 12000
+    return min(base + 30000, MAX_SERVICE_PORT - 200)
+
+
 def _int(env: dict, name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name)
     if raw in (None, ""):
@@ -164,9 +182,7 @@ def load(env: dict | None = None) -> StackConfig:
     env = dict(os.environ if env is None else env)
     data_dir = Path(env.get("WORKBENCH_DATA_DIR") or PROJECT_DIR / ".workbench").resolve()
     base = _int(env, "WORKBENCH_PORT_BASE", 8000, 1024, 64000)
-    # Engines sit 30000 above the front tier unless told otherwise; 200 ports are reserved.
-    default_svc = base + 30000 if base + 30000 + 200 <= MAX_SERVICE_PORT else 40000
-    svc = _int(env, "WORKBENCH_SERVICE_PORT_BASE", default_svc, 1024, MAX_SERVICE_PORT - 200)
+    svc = _int(env, "WORKBENCH_SERVICE_PORT_BASE", default_service_base(base), 1024, MAX_SERVICE_PORT - 200)
     return StackConfig(
         data_dir=data_dir,
         port_base=base,

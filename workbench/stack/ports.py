@@ -5,6 +5,8 @@ import socket
 
 import psutil
 
+from . import config
+
 
 def in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -19,7 +21,8 @@ def in_use(port: int, host: str = "127.0.0.1") -> bool:
 def holder(port: int) -> str:
     """A description of the process listening on `port`, as far as we may see it."""
     try:
-        for conn in psutil.net_connections(kind="inet"):
+        connections = psutil.net_connections(kind="inet")
+        for conn in connections:
             if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
                 if conn.pid is None:
                     return "a process we may not inspect"
@@ -28,6 +31,10 @@ def holder(port: int) -> str:
                     return f"pid {conn.pid} ({' '.join(proc.cmdline())[:120]})"
                 except psutil.Error:
                     return f"pid {conn.pid}"
+        for conn in connections:
+            if conn.laddr and conn.laddr.port == port and conn.raddr:
+                return (f"a client connection ({conn.status}, to {conn.raddr.ip}:{conn.raddr.port}) that took it as "
+                        f"its source port; ports from {config.ephemeral_low()} up are the kernel's ephemeral range")
     except psutil.Error:
         pass
     return "an unknown process"

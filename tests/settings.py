@@ -1,0 +1,14 @@
+"""Settings of the test session. pytest-django imports this before any conftest runs, so the
+test stack's data directory and port base are in the environment before Django reads them."""
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WORKBENCH_DATA_DIR", str(ROOT / ".workbench-test"))
+os.environ.setdefault("WORKBENCH_PORT_BASE", "9000")
+os.environ.setdefault("WORKBENCH_SEED_USERS", "300")
+os.environ.setdefault("WORKBENCH_SEED_POSTS_PER_USER", "5")
+os.environ.setdefault("WORKBENCH_RECONCILE_INTERVAL", "2")
+os.environ["WORKBENCH_FAULTS"] = "1"  # lets a request pause at a named point so a test can SIGKILL
+
+from workbench.settings import *  # noqa: E402,F401,F403
