@@ -111,7 +111,7 @@ class Recorder:
     def valid(self) -> tuple[bool, str]:
         share = self.late_share()
         if share > MAX_LATE_SHARE:
-            return False, (f"{share:.1%} of sends left more than {LATE_US / 1000:g} ms late "
+            return False, (f"{share:.2%} of sends left more than {LATE_US / 1000:g} ms late "
                            f"(limit {MAX_LATE_SHARE:.0%}): the generator, not the server, set the pace")
         return True, ""
 

@@ -28,5 +28,5 @@ class Command(BaseCommand):
         self.stdout.write(f"{'ROLE':<11}{'NAME':<14}{'PID':>8}{'PORT':>7}  {'HEALTH':<9}{'UPTIME':>9}{'RSS':>10}{'RESTARTS':>10}")
         for p in state["processes"]:
             health = "healthy" if p["healthy"] else "DOWN"
-            self.stdout.write(f"{p['role']:<11}{p['name']:<14}{p['pid'] or '-':>8}{p['port']:>7}  {health:<9}"
+            self.stdout.write(f"{p['role']:<11}{p['name']:<14}{p['pid'] or '-':>8}{p['port'] or '-':>7}  {health:<9}"
                               f"{p['uptime_s']:>8.0f}s{_mib(p['rss_bytes']):>10}{p['restarts']:>10}")
