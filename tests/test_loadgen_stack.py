@@ -150,3 +150,18 @@ def test_manage_loadtest_prints_the_summary_table(first_run, stack_config):
     assert "X-App-Server: app-1" in done.stdout
     run_id = lines[0].split()[1]
     assert (stack_config.data_dir / "results" / f"{run_id}.json").is_file()
+
+
+def test_manage_loadtest_compare_prints_ratios_of_two_saved_runs(first_run, client):
+    a = first_run["id"]
+    b = client.run({"mode": "open", "rate": 50, "duration_s": 1}, label="pytest compare")["id"]
+    done = subprocess.run([sys.executable, "manage.py", "loadtest", "--compare", a, b], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    ra, rb = client.get(a)["summary"], client.get(b)["summary"]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("achieved ok/s"))
+    assert row.split()[-1] == f"{rb['achieved_rps'] / ra['achieved_rps']:.2f}x", done.stdout
+    assert any(line.startswith("latency p95") for line in done.stdout.splitlines())
+    missing = subprocess.run([sys.executable, "manage.py", "loadtest", "--compare", a, "nosuchrun"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert missing.returncode != 0 and "no run nosuchrun" in missing.stderr
