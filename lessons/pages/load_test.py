@@ -64,14 +64,12 @@ def _start_error(client: RunClient, exc: Exception) -> str:
     if not isinstance(exc, RunError):
         return _problem(client, exc)
     message = str(exc)
-    if "still going" in message:
-        return f"{BUSY} ({message.removeprefix('run ').split(' ')[0]}): one run at a time. It is followed " \
-               "below; start yours when it is done."
-    if message.startswith("bad request: "):
+    if exc.status == 409:
+        return f"{BUSY} ({exc.run}): one run at a time. It is followed below; start yours when it is done."
+    if exc.status == 400:
         detail = message.removeprefix("bad request: ")
-        field, _, why = detail.partition(": ")
-        if why:
-            return f"{REFUSED}: field `{field}`: {why}."
+        if exc.field and exc.field != "(body)":
+            return f"{REFUSED}: field `{exc.field}`: {detail.removeprefix(exc.field + ': ')}."
         return f"{REFUSED}: {detail}."
     return f"The controller did not start the run: {message}"
 
@@ -478,13 +476,13 @@ def render():
 
     try:
         listing = client.list()
+    except RunError as exc:
+        st.error(f"The controller answered, but not with runs: {exc}")
+        return
     except (requests.RequestException, ValueError) as exc:
         st.error(_unreachable(client, exc))
         if st.button("Try again"):
             st.rerun()
-        return
-    if "runs" not in listing:
-        st.error(f"The controller answered, but not with runs: {listing.get('error') or listing}")
         return
     runs, current = listing["runs"], listing.get("current")
 

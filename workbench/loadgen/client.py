@@ -10,7 +10,20 @@ from workbench.stack.config import StackConfig
 
 
 class RunError(RuntimeError):
-    pass
+    """The controller refused or lost a run: `status` is its HTTP status (0 if none), `field` the
+    workload field at fault on a 400, `run` the run still going on a 409."""
+
+    def __init__(self, message: str, status: int = 0, field: str | None = None, run: str | None = None):
+        super().__init__(message)
+        self.status, self.field, self.run = status, field, run
+
+
+def _error(response) -> RunError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text}
+    return RunError(body.get("error", response.text), response.status_code, body.get("field"), body.get("run"))
 
 
 class RunClient:
@@ -22,17 +35,20 @@ class RunClient:
         response = requests.post(self.cfg.controller_url + "/runs", json={"workload": workload, "label": label},
                                  headers=self.headers, timeout=10)
         if response.status_code != 202:
-            raise RunError(response.json().get("error", response.text))
+            raise _error(response)
         return response.json()["id"]
 
     def get(self, run_id: str) -> dict:
         response = requests.get(f"{self.cfg.controller_url}/runs/{run_id}", headers=self.headers, timeout=10)
         if response.status_code != 200:
-            raise RunError(response.json().get("error", response.text))
+            raise _error(response)
         return response.json()
 
     def list(self) -> dict:
-        return requests.get(self.cfg.controller_url + "/runs", headers=self.headers, timeout=10).json()
+        response = requests.get(self.cfg.controller_url + "/runs", headers=self.headers, timeout=10)
+        if response.status_code != 200:
+            raise _error(response)
+        return response.json()
 
     def wait(self, run_id: str, on_progress=None, timeout: float = 900) -> dict:
         deadline = time.monotonic() + timeout

@@ -300,7 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
             except (ValueError, TypeError) as exc:
                 return self._send(400, {"error": f"bad request: {exc}", "field": getattr(exc, "field", "(body)")})
             except RunBusy as exc:
-                return self._send(409, {"error": f"run {exc} is still going; one run at a time"})
+                return self._send(409, {"error": f"run {exc} is still going; one run at a time", "run": str(exc)})
             return self._send(202, run)
         if self.path == "/shutdown":
             self._send(202, {"stopping": True})
