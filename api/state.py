@@ -1,4 +1,4 @@
-"""The `state` Valkey (noeviction): id leases now; topology, rate limits and queues later."""
+"""The `state` Valkey (noeviction): id leases and the topology now; rate limits and queues later."""
 import functools
 
 import redis

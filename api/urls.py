@@ -1,7 +1,7 @@
 from django.urls import path, register_converter
 
 from api.converters import Int64Converter
-from api.views import v1
+from api.views import admin, v1
 
 register_converter(Int64Converter, "id64")
 
@@ -10,4 +10,5 @@ urlpatterns = [
     path("users/<id64:user_id>", v1.UserDetailView.as_view()),
     path("users/<id64:user_id>/posts", v1.PostListView.as_view()),
     path("users/<id64:user_id>/posts/<id64:post_id>", v1.PostDetailView.as_view()),
+    path("admin/topology", admin.TopologyView.as_view()),
 ]

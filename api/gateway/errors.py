@@ -95,6 +95,9 @@ def exception_handler(exc, context):
                        errors=[field_error(exc.field, str(exc.detail), "path")])
     elif isinstance(exc, exceptions.NotFound):
         body = problem(code, TITLES[code], str(exc.detail), kind="not-found")
+    elif isinstance(exc, exceptions.NotAuthenticated) and code == 401:
+        body = problem(code, TITLES[code], str(exc.detail), kind="unauthorized",
+                       errors=[field_error("Authorization", str(exc.detail), "header")])
     elif isinstance(exc, exceptions.ValidationError):
         errors = _flatten(exc.detail)
         body = problem(code, TITLES[code], "; ".join(f"{e['field']}: {e['detail']}" for e in errors),
@@ -113,6 +116,8 @@ def exception_handler(exc, context):
         body["request_id"] = request.request_id
     if getattr(exc, "wait", None):
         headers["Retry-After"] = str(int(exc.wait))
+    if getattr(exc, "auth_header", None):  # a 401 says how to authenticate (RFC 9110)
+        headers["WWW-Authenticate"] = exc.auth_header
     response = Response(body, status=code, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
     response.is_problem = True
     return response

@@ -1,6 +1,7 @@
 """The in-process gateway: request id, app-server stamp, body size and content-type limits.
 
-It runs first, so even a request rejected here carries X-Request-Id and X-App-Server.
+It runs first, so even a request rejected here carries X-Request-Id, X-App-Server and
+X-Topology-Version.
 Authentication, RBAC, rate limiting and shedding join this module's pipeline in later issues.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import uuid
 from django.conf import settings
 
 from api import faults
+from workbench import topology
 
 from .problems import field_error, problem, problem_response
 
@@ -34,6 +36,8 @@ class GatewayMiddleware:
             faults.disarm()
         response["X-Request-Id"] = request.request_id
         response["X-App-Server"] = settings.APP_SERVER_NAME
+        # The worker's local copy: at most one small version check a second, never a read per request.
+        response["X-Topology-Version"] = str(topology.current().version)
         response["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
         return response
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import psutil
 import psycopg
+import redis
 
+from workbench import topology as topology_doc
 from workbench.stack.config import StackConfig
 
 from . import engine
@@ -101,6 +103,22 @@ class CpuSampler:
                 "samples": s}
 
 
+def topology_of(cfg: StackConfig) -> dict:
+    """The topology document the run measures under (version included), read from the `state`
+    Valkey, plus how the stack's processes are actually laid out."""
+    processes = {"app_servers_running": cfg.app_servers, "app_workers": cfg.app_workers,
+                 "app_threads": cfg.app_threads, "lb_policy": "round_robin"}
+    try:
+        client = redis.Redis.from_url(cfg.state_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            doc = topology_doc.Store(client).read()
+        finally:
+            client.close()
+        return {"version": doc.version, **doc.topology.to_dict(), "processes": processes}
+    except (redis.RedisError, ValueError, KeyError) as exc:
+        return {"version": None, "error": f"topology unreadable: {exc}", "processes": processes}
+
+
 def results_dir(cfg: StackConfig) -> Path:
     path = cfg.data_dir / "results"
     path.mkdir(parents=True, exist_ok=True)
@@ -139,9 +157,7 @@ def execute(cfg: StackConfig, w: Workload, *, run_id: str | None = None, topolog
     result = {
         "id": run_id, "label": label, "target": target, "started_at": datetime.now(timezone.utc).isoformat(),
         "wall_s": round(wall, 2), "workload": w.to_dict(), "processes": processes,
-        "topology": topology or {"app_servers": cfg.app_servers, "app_workers": cfg.app_workers,
-                                 "app_threads": cfg.app_threads, "lb_policy": "round_robin",
-                                 "replicas": 0, "shards": 1, "cache": "off"},
+        "topology": topology or topology_of(cfg),
         "machine": {**machine(), "cpu": cpu.summary()}, "versions": versions(),
         "model": "open (latency from intended send time)" if w.mode == "open" else
                  "closed (latency from actual send; hides queueing)",

@@ -1,0 +1,79 @@
+"""Show or change the live topology (workbench/topology.py): the same store the admin API writes."""
+import getpass
+import json
+
+import redis
+from django.core.management.base import BaseCommand, CommandError
+
+from workbench import topology
+
+
+def parse_assignments(pairs: list[str]) -> dict:
+    """`a=1 emulation.rtt_ms=2` -> {"a": 1, "emulation": {"rtt_ms": 2}}. A value is JSON where it
+    parses (numbers, true/false, objects) and a plain string otherwise (`read_policy=random`)."""
+    patch: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"{pair!r}: write key=value, with dotted keys for nested fields")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = patch
+        for name in parents:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise CommandError(f"{key}: {name} is set to a value and has fields set too")
+        node[leaf] = value
+    return patch
+
+
+def _flat(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+class Command(BaseCommand):
+    help = "Show or change the live topology. `set` merges dotted key=value pairs; `reset` restores the defaults."
+    requires_system_checks = []
+
+    def add_arguments(self, parser):
+        actions = parser.add_subparsers(dest="action", required=True)
+        show = actions.add_parser("show", help="print the topology, its version and pending changes")
+        show.add_argument("--json", action="store_true", help="machine-readable output")
+        change = actions.add_parser("set", help="merge key=value pairs into the topology")
+        change.add_argument("pairs", nargs="+", metavar="key=value")
+        actions.add_parser("reset", help="replace the topology by the defaults (a new version)")
+
+    def handle(self, *args, **options):
+        who = f"cli ({getpass.getuser()})"
+        store = topology.store()
+        try:
+            if options["action"] == "show":
+                doc = store.read()
+                if options["json"]:
+                    self.stdout.write(json.dumps(doc.to_dict(), indent=2))
+                    return
+            elif options["action"] == "set":
+                doc = store.patch(parse_assignments(options["pairs"]), who)
+            else:
+                doc = store.replace({}, who)
+        except topology.TopologyError as exc:
+            lines = "\n".join(f"  {name}: {message}" for name, message in exc.errors)
+            raise CommandError(f"invalid topology; nothing was changed:\n{lines}") from None
+        except (topology.Conflict, redis.RedisError) as exc:
+            raise CommandError(f"the topology could not be changed: {exc}") from None
+        self._print(doc)
+
+    def _print(self, doc: topology.Document) -> None:
+        self.stdout.write(f"version {doc.version}   updated {doc.updated_at or '-'} by {doc.updated_by or '-'}")
+        for key, value in _flat(doc.topology.to_dict()):
+            self.stdout.write(f"  {key:<26}{json.dumps(value)}")
+        for change in topology.pending(doc.topology):
+            self.stdout.write(f"  pending for the controller: {change['field']} {change['running']} -> "
+                              f"{change['wanted']} (recorded; not carried out yet)")

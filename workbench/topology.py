@@ -1,0 +1,314 @@
+"""The topology: one typed, validated, versioned document holding every toggle (DESIGN.md section 3).
+
+It lives in the `state` Valkey as JSON under one key, next to a small key holding only its version.
+Writers replace it by compare-and-set on that version, so concurrent writers never lose an update
+or reuse a version. Every process keeps a local copy: `current()` checks the version key at most
+once a second and reads the document only when the version changed.
+
+To add a setting, add a field below (or a nested dataclass for a group, like `Emulation`) with
+its default and its bounds; validation, merging, the CLI and the API follow from the schema.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from workbench.stack import config
+
+log = logging.getLogger(__name__)
+
+KEY = "workbench:topology"                 # the document: {"version", "updated_at", "updated_by", "topology"}
+VERSION_KEY = "workbench:topology:version"  # its version alone: what workers poll
+REFRESH_S = 1.0                            # a worker checks the version at most this often
+MAX_DB_NODES = 12                          # (replicas + 1) x shards on this machine
+SHARDS = 1                                 # fixed until sharding adds its own field
+# Fields carried out by starting or stopping processes. The controller does not follow the
+# topology yet, so a change to one is recorded and reported as pending.
+PROCESS_FIELDS = ("replicas", "app_servers")
+
+
+# --- the schema ----------------------------------------------------------------------------------
+def _int(default, low, high):
+    return field(default=default, metadata={"kind": "int", "low": low, "high": high})
+
+
+def _number(default, low, high=None):
+    return field(default=default, metadata={"kind": "number", "low": low, "high": high})
+
+
+def _bool(default):
+    return field(default=default, metadata={"kind": "bool"})
+
+
+def _choice(default, *choices):
+    return field(default=default, metadata={"kind": "choice", "choices": choices})
+
+
+def _group(cls):
+    return field(default_factory=cls, metadata={"kind": "group", "cls": cls})
+
+
+@functools.lru_cache(maxsize=1)
+def _default_app_servers() -> int:
+    return min(max(config.load().app_servers, 1), 8)  # what `up` started, within this field's bounds
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """Makes loopback behave like separate machines: an injected round trip and a per-node limit."""
+    enabled: bool = _bool(False)
+    rtt_ms: float = _number(0, 0, 500)
+    node_concurrency: int = _int(0, 0, 1024)  # 0: no limit
+
+
+@dataclass(frozen=True)
+class Topology:
+    replicas: int = _int(0, 0, 4)
+    read_policy: str = _choice("round_robin", "round_robin", "random", "least_lag")
+    max_lag_ms: float = _number(1000, 0)           # a replica further behind is skipped
+    read_your_writes_s: float = _number(0, 0, 600)  # 0: off
+    pool: bool = _bool(True)                         # pooled connections, or one per request
+    pool_max: int = _int(8, 1, 64)                   # per node; 8 is settings' WORKBENCH_DB_POOL_MAX default
+    app_servers: int = field(default_factory=_default_app_servers, metadata={"kind": "int", "low": 1, "high": 8})
+    emulation: Emulation = _group(Emulation)
+
+    @property
+    def shards(self) -> int:
+        return SHARDS
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class TopologyError(ValueError):
+    """Every field at fault at once: a list of (dotted field name, message)."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{name}: {message}" for name, message in errors))
+        self.errors = errors
+
+
+def _show(value) -> str:
+    """A value as the user wrote it (JSON), kept short for a message."""
+    return json.dumps(value, default=str)[:80]
+
+
+def _check(meta: dict, value, name: str, errors: list):
+    """One leaf value against its field's kind and bounds; returns the value to store."""
+    kind = meta["kind"]
+    if kind == "bool":
+        if not isinstance(value, bool):
+            errors.append((name, f"must be true or false, not {_show(value)}"))
+        return value
+    if kind == "choice":
+        if value not in meta["choices"]:
+            errors.append((name, f"must be one of {', '.join(meta['choices'])}, not {_show(value)}"))
+        return value
+    # bool is an int in Python, but `true` is not a number in a topology.
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or (isinstance(value, float) and not math.isfinite(value)):
+        errors.append((name, f"must be a number, not {_show(value)}"))
+        return value
+    if kind == "int":
+        if value != int(value):
+            errors.append((name, f"must be a whole number, not {_show(value)}"))
+            return value
+        value = int(value)
+    low, high = meta["low"], meta["high"]
+    if high is None and value < low:
+        errors.append((name, f"must be at least {low}, not {value}"))
+    elif high is not None and not low <= value <= high:
+        errors.append((name, f"must be between {low} and {high}, not {value}"))
+    return value
+
+
+def _build(cls, data, prefix: str, errors: list):
+    if not isinstance(data, dict):
+        errors.append((prefix.rstrip(".") or "(body)", f"must be an object, not {_show(data)}"))
+        return None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            errors.append((f"{prefix}{key}", f"unknown field; known: {', '.join(fields)}"))
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue  # the default
+        if f.metadata["kind"] == "group":
+            values[name] = _build(f.metadata["cls"], data[name], f"{prefix}{name}.", errors)
+        else:
+            values[name] = _check(f.metadata, data[name], f"{prefix}{name}", errors)
+    return None if errors else cls(**values)
+
+
+def node_cap_error(replicas, shards) -> str | None:
+    """This machine runs at most MAX_DB_NODES PostgreSQL data nodes."""
+    nodes = (replicas + 1) * shards
+    if nodes > MAX_DB_NODES:
+        return (f"(replicas + 1) x shards = ({replicas} + 1) x {shards} = {nodes} database nodes; "
+                f"the cap on this machine is {MAX_DB_NODES}")
+    return None
+
+
+def parse(data: dict) -> Topology:
+    """A complete topology from `data`; absent fields take their defaults. Raises TopologyError."""
+    errors: list[tuple[str, str]] = []
+    topology = _build(Topology, data, "", errors)
+    replicas = data.get("replicas") if isinstance(data, dict) else None
+    # The cap is checked even when replicas is out of its own range: both messages help.
+    if isinstance(replicas, int) and not isinstance(replicas, bool):
+        message = node_cap_error(replicas, SHARDS)
+        if message:
+            errors.append(("replicas", message))
+    if errors:
+        raise TopologyError(errors)
+    return topology
+
+
+def merge(base: dict, patch: dict) -> dict:
+    """PATCH semantics: nested objects merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def running() -> dict:
+    """What the processes are now, for the process fields. No replica is started yet, and the app
+    servers are those `up` started from the stack config."""
+    return {"replicas": 0, "app_servers": config.load().app_servers}
+
+
+def pending(topology: Topology) -> list[dict]:
+    now = running()
+    return [{"field": name, "wanted": getattr(topology, name), "running": now[name]}
+            for name in PROCESS_FIELDS if getattr(topology, name) != now[name]]
+
+
+# --- the stored document -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Document:
+    topology: Topology
+    version: int = 0
+    updated_at: str | None = None
+    updated_by: str | None = None
+
+    def stored(self) -> dict:
+        return {"version": self.version, "updated_at": self.updated_at, "updated_by": self.updated_by,
+                "topology": self.topology.to_dict()}
+
+    def to_dict(self) -> dict:
+        """What the API and the CLI show: the stored document and the changes still pending."""
+        return {**self.stored(), "pending": pending(self.topology)}
+
+
+# Compare-and-set: write only if nobody wrote since the writer read version ARGV[1].
+_CAS = """
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+if v ~= tonumber(ARGV[1]) then return -1 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], v + 1)
+return v + 1
+"""
+
+
+class Conflict(RuntimeError):
+    """Too many concurrent writers in a row; the caller may retry."""
+
+
+class Store:
+    def __init__(self, client, key: str = KEY, version_key: str = VERSION_KEY):
+        self.client, self.key, self.version_key = client, key, version_key
+        self._cas = client.register_script(_CAS)
+
+    def read(self) -> Document:
+        raw = self.client.get(self.key)
+        if raw is None:
+            return Document(Topology())
+        stored = json.loads(raw)
+        return Document(parse(stored["topology"]), stored["version"], stored["updated_at"], stored["updated_by"])
+
+    def version(self) -> int:
+        return int(self.client.get(self.version_key) or 0)
+
+    def update(self, change, updated_by: str, attempts: int = 200) -> Document:
+        """Apply `change(current topology dict) -> new dict` atomically; returns the new document.
+        An invalid result raises TopologyError and nothing is written."""
+        for _ in range(attempts):
+            now = self.read()
+            topology = parse(change(now.topology.to_dict()))
+            doc = Document(topology, now.version + 1,
+                           datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                           updated_by)
+            if self._cas(keys=[self.version_key, self.key], args=[now.version, json.dumps(doc.stored())]) != -1:
+                return doc
+            time.sleep(random.uniform(0, 0.005))  # another writer won this round: read again
+        raise Conflict(f"the topology changed {attempts} times while this change was being applied")
+
+    def replace(self, data: dict, updated_by: str) -> Document:
+        return self.update(lambda _: data, updated_by)
+
+    def patch(self, data: dict, updated_by: str) -> Document:
+        return self.update(lambda current: merge(current, data), updated_by)
+
+
+def store() -> Store:
+    from api.state import state_client  # Django settings give the state Valkey's URL
+    return _store(state_client())
+
+
+@functools.lru_cache(maxsize=1)
+def _store(client) -> Store:
+    return Store(client)
+
+
+# --- this process's copy -------------------------------------------------------------------------
+_lock = threading.Lock()
+_local: Document | None = None
+_checked_at = -math.inf
+
+
+def current() -> Document:
+    """This process's copy of the topology, at most about REFRESH_S old. Never raises: if the state
+    Valkey cannot be reached, the last copy (or the defaults at version 0) stays in use."""
+    global _local, _checked_at
+    if _local is not None and time.monotonic() - _checked_at < REFRESH_S:
+        return _local
+    # One thread checks; the others keep using the copy meanwhile instead of queueing on Valkey.
+    if not _lock.acquire(blocking=_local is None):
+        return _local
+    try:
+        if _local is not None and time.monotonic() - _checked_at < REFRESH_S:
+            return _local
+        _checked_at = time.monotonic()
+        try:
+            s = store()
+            if _local is None or s.version() != _local.version:
+                _local = s.read()
+        except Exception as exc:  # a header or a toggle must never fail a request
+            log.warning("topology refresh failed, keeping version %s: %s",
+                        _local.version if _local else 0, exc)
+            if _local is None:
+                _local = Document(Topology())
+        return _local
+    finally:
+        _lock.release()
+
+
+def remember(doc: Document) -> None:
+    """A process that wrote a version uses it at once, without waiting for its next check."""
+    global _local
+    with _lock:
+        if _local is None or doc.version > _local.version:
+            _local = doc
