@@ -26,8 +26,12 @@ def config(cfg: StackConfig) -> dict:
                 # Metrics are for the controller, straight from each app server, never via the edge.
                 {"match": [{"path": ["/metrics", "/metrics/*"]}],
                  "handle": [{"handler": "static_response", "status_code": 404}]},
+                # A dial that fails (an app server restarting) is tried on the next upstream for up
+                # to 5 s: nothing was sent, so the retry is safe even for writes. Health checks and
+                # other policies come with the load-balancer work.
                 {"handle": [{"handler": "reverse_proxy", "upstreams": upstreams,
-                             "load_balancing": {"selection_policy": {"policy": "round_robin"}}}]},
+                             "load_balancing": {"selection_policy": {"policy": "round_robin"},
+                                                "try_duration": "5s", "try_interval": "100ms"}}]},
             ],
         }}}},
     }
