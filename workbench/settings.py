@@ -1,4 +1,6 @@
 """Django settings: everything comes from the environment (django-environ) and the stack config."""
+import os
+import time
 from pathlib import Path
 
 import environ
@@ -14,20 +16,23 @@ def _secret_key() -> str:
     """No secret ships with the code: one is made on first use and kept in the data dir."""
     if env.str("DJANGO_SECRET_KEY", default=""):
         return env.str("DJANGO_SECRET_KEY")
+    import secrets
+
     path = STACK.data_dir / "django-secret.key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        import secrets
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(50)
-        fd = path.open("x")  # "x": if another process won the race, read its key instead
-        fd.write(key)
-        fd.close()
-        path.chmod(0o600)
-        return key
-    except FileExistsError:
-        return path.read_text().strip()
+        try:
+            # "x": exactly one process creates it; a process that loses the race reads the winner's.
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(secrets.token_urlsafe(50))
+        except FileExistsError:
+            pass
+    for _ in range(50):  # the winner may not have written it yet
+        key = path.read_text().strip()
+        if key:
+            return key
+        time.sleep(0.01)
+    raise RuntimeError(f"{path} is empty")
 
 
 SECRET_KEY = _secret_key()
