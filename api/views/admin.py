@@ -1,7 +1,5 @@
 """Admin endpoints. Until the gateway has accounts and roles, "admin" means a request bearing the
 stack controller's token (the one in the data directory)."""
-import hmac
-
 import redis
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
@@ -11,17 +9,14 @@ from rest_framework.response import Response
 
 from api.gateway.errors import Conflict, Unavailable
 from workbench import topology
+from workbench.stack.config import bearer_matches
 
 from .base import ApiView
 
 
 def _is_admin(request) -> bool:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    token = settings.STACK.controller_token()  # read per request: `up` may have made a new one
-    if scheme.lower() != "bearer" or not token:
-        return False
-    # Bytes, so a non-ASCII header is a wrong token rather than a TypeError.
-    return hmac.compare_digest(given.strip().encode("utf-8", "replace"), token.encode())
+    # The token is read per request: `up` may have made a new one.
+    return bearer_matches(request.headers.get("Authorization", ""), settings.STACK.controller_token())
 
 
 class AdminView(ApiView):

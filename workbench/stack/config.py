@@ -6,6 +6,7 @@ developer's stack with its own data directory and port base.
 """
 from __future__ import annotations
 
+import hmac
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,15 @@ class StackConfig:
 
 class ConfigError(ValueError):
     pass
+
+
+def bearer_matches(authorization: str, token: str | None) -> bool:
+    """Whether an Authorization header is `Bearer <token>`: constant-time, and a non-ASCII header
+    is simply a wrong token. Used by the controller's API and the API's admin endpoints."""
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    return hmac.compare_digest(given.strip().encode("utf-8", "replace"), token.encode())
 
 
 def ephemeral_low() -> int:

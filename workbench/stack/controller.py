@@ -6,7 +6,6 @@ the dashboard and the tests talk to it over loopback with the bearer token in th
 from __future__ import annotations
 
 import collections
-import hmac
 import json
 import os
 import signal
@@ -154,6 +153,7 @@ class Controller:
                     continue
                 if name not in restart_at:
                     proc.healthy = False
+                    proc.kill_leftovers()
                     delay = backoff.get(name, 0.5)
                     backoff[name] = min(delay * 2, MAX_BACKOFF)
                     restart_at[name] = now + delay
@@ -257,8 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _authorized(self) -> bool:
-        given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        return bool(self.controller.token) and hmac.compare_digest(given, self.controller.token)
+        return config.bearer_matches(self.headers.get("Authorization", ""), self.controller.token)
 
     def do_GET(self):
         ctl = self.controller

@@ -69,6 +69,15 @@ class Supervised:
         """The exit code if the process has died (reaping it), else None."""
         return self.popen.poll() if self.popen else None
 
+    def kill_leftovers(self) -> None:
+        """After the leader died, SIGKILL what is left of its process group (gunicorn workers,
+        PostgreSQL backends): they would hold its port and shared memory and fail the restart."""
+        if self.popen:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def wait_healthy(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
