@@ -111,3 +111,13 @@ def assert_problem(response, status: int, *fields: str):
     assert body["status"] == status
     assert body["type"] and body["title"] and body["detail"]
     assert set(fields) <= problem_fields(response), body
+
+
+def free_port_base() -> int:
+    """A port base whose controller port nothing listens on: for pages facing no controller."""
+    from workbench.stack import ports
+
+    for base in range(24000, 30000, 500):
+        if not ports.in_use(config.load({"WORKBENCH_PORT_BASE": str(base)}).controller_port):
+            return base
+    pytest.fail("no free port base found for the unreachable-controller case")

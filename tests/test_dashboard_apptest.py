@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lessons.pages.stack_status import UNREACHABLE
-from workbench.stack import config, ports
+from conftest import free_port_base
 
 APP = Path(__file__).resolve().parents[1] / "lessons" / "app.py"
 METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "Answered by"]
@@ -41,16 +41,8 @@ def test_status_page_renders_the_live_stack(stack, controller):
         assert shown.loc[p["name"], "role"] == p["role"]
 
 
-def _free_port_base() -> int:
-    """A port base whose controller port nothing listens on."""
-    for base in range(24000, 30000, 500):
-        if not ports.in_use(config.load({"WORKBENCH_PORT_BASE": str(base)}).controller_port):
-            return base
-    pytest.fail("no free port base found for the unreachable-controller case")
-
-
 def test_status_page_explains_an_unreachable_controller(monkeypatch, tmp_path):
-    base = _free_port_base()
+    base = free_port_base()
     monkeypatch.setenv("WORKBENCH_PORT_BASE", str(base))
     monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path))  # no token file either
 

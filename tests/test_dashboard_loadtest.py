@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 from lessons.pages.load_test import BUSY, INVALID_NOTE, REFUSED, UNREACHABLE
 from workbench.loadgen import report
 from workbench.loadgen.client import RunClient
-from workbench.stack import config, ports
+from conftest import free_port_base
 
 ROOT = Path(__file__).resolve().parents[1]
 # The page alone, as st.navigation runs it (AppTest cannot switch to a page given as a function).
@@ -215,15 +215,8 @@ def test_a_refused_workload_names_the_field(client):
     assert (client.list()["current"] or {}).get("status") != "running"
 
 
-def _free_port_base() -> int:
-    for base in range(24000, 30000, 500):
-        if not ports.in_use(config.load({"WORKBENCH_PORT_BASE": str(base)}).controller_port):
-            return base
-    pytest.fail("no free port base found for the unreachable-controller case")
-
-
 def test_an_unreachable_controller_is_explained(monkeypatch, tmp_path):
-    base = _free_port_base()
+    base = free_port_base()
     monkeypatch.setenv("WORKBENCH_PORT_BASE", str(base))
     monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path))
     at = new_page()
