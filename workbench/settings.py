@@ -70,20 +70,23 @@ TEMPLATES = [{
 
 def _database(url: str) -> dict:
     db = env.db_url_config(url)
-    db["ENGINE"] = "django.db.backends.postgresql"
-    # Django's psycopg pool: a bounded set of connections per process, reused across threads.
-    db["OPTIONS"] = {"pool": {"min_size": 1, "max_size": env.int("WORKBENCH_DB_POOL_MAX", default=8),
-                              "timeout": 10}}
+    # Django's backend plus the live pooling toggle, emulation and per-node counters.
+    db["ENGINE"] = "api.routing.backend"
+    # A psycopg pool per node and worker, used while the topology's `pool` is on. It starts empty
+    # (min_size 0) and is resized to the topology's `pool_max` when that changes.
+    db["OPTIONS"] = {"pool": {"min_size": 0, "max_size": 8, "timeout": 10}}
     db["CONN_MAX_AGE"] = 0
     db["TEST"] = {"NAME": f"test_{db['NAME']}"}
     return db
 
 
-# `default` is the meta database (accounts, global uniqueness); `primary` holds users and posts.
-# api.routing.db.Router decides which model lives where.
+# `default` is the meta database (accounts, global uniqueness); `primary` holds users and posts
+# and streams to the replicas the topology asks for. api.routing.db.Router picks the node.
 DATABASES = {
     "default": _database(STACK.meta_db_url),
     "primary": _database(STACK.data_database_url),
+    **{f"replica-{i}": {**_database(STACK.replica_url(i)), "TEST": {"MIRROR": "primary"}}
+       for i in range(1, 5)},
 }
 DATABASE_ROUTERS = ["api.routing.db.Router"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

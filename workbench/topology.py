@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from workbench import parameters
 from workbench.stack import config
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,9 @@ VERSION_KEY = "workbench:topology:version"  # its version alone: what workers po
 REFRESH_S = 1.0                            # a worker checks the version at most this often
 MAX_DB_NODES = 12                          # (replicas + 1) x shards on this machine
 SHARDS = 1                                 # fixed until sharding adds its own field
-# Fields carried out by starting or stopping processes. The controller does not follow the
-# topology yet, so a change to one is recorded and reported as pending.
-PROCESS_FIELDS = ("replicas", "app_servers")
+# What the controller carries out (processes, server settings, DDL). Until what runs matches the
+# topology, each such field is reported as pending, with what runs now.
+CONTROLLED_FIELDS = ("replicas", "replication", "replica_delays_ms", "indexes.post_user_time", "app_servers")
 
 
 # --- the schema ----------------------------------------------------------------------------------
@@ -61,12 +62,27 @@ def _default_app_servers() -> int:
     return min(max(config.load().app_servers, 1), 8)  # what `up` started, within this field's bounds
 
 
+_EMULATION = parameters.emulation()
+
+
 @dataclass(frozen=True)
 class Emulation:
-    """Makes loopback behave like separate machines: an injected round trip and a per-node limit."""
+    """One injection mechanism (DESIGN.md section 5): loopback made to behave like separate machines.
+    `enabled` injects a round trip into every data-node query and limits how many queries each node
+    runs at once. A replica can also be lagged on purpose (stale reads) or placed in another region."""
     enabled: bool = _bool(False)
-    rtt_ms: float = _number(0, 0, 500)
-    node_concurrency: int = _int(0, 0, 1024)  # 0: no limit
+    rtt_ms: float = _number(_EMULATION["rtt_ms"], 0, 500)
+    node_concurrency: int = _int(_EMULATION["node_concurrency"], 0, 1024)  # 0: no limit
+    stale_replica: int = _int(0, 0, 4)                   # 0: none; else this replica replays late
+    apply_delay_ms: float = _number(_EMULATION["stale_apply_delay_ms"], 0, 600_000)
+    remote_replica: int = _int(0, 0, 4)                  # 0: none; else this replica is in another region
+    region_rtt_ms: float = _number(_EMULATION["region_rtt_ms"], 0, 1000)
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """Supporting indexes a lesson may drop and recreate live (query optimization)."""
+    post_user_time: bool = _bool(True)  # api_post (user_id, created_at DESC, id DESC)
 
 
 @dataclass(frozen=True)
@@ -75,9 +91,13 @@ class Topology:
     read_policy: str = _choice("round_robin", "round_robin", "random", "least_lag")
     max_lag_ms: float = _number(1000, 0)           # a replica further behind is skipped
     read_your_writes_s: float = _number(0, 0, 600)  # 0: off
+    # async: commit returns before any replica has the WAL; remote_write / remote_apply: it waits
+    # until one replica has written (or applied) it (synchronous_standby_names = ANY 1).
+    replication: str = _choice("async", "async", "remote_write", "remote_apply")
     pool: bool = _bool(True)                         # pooled connections, or one per request
-    pool_max: int = _int(8, 1, 64)                   # per node; 8 is settings' WORKBENCH_DB_POOL_MAX default
+    pool_max: int = _int(8, 1, 64)                   # per node and app worker; pools keep min_size 0
     app_servers: int = field(default_factory=_default_app_servers, metadata={"kind": "int", "low": 1, "high": 8})
+    indexes: Indexes = _group(Indexes)
     emulation: Emulation = _group(Emulation)
 
     @property
@@ -86,6 +106,25 @@ class Topology:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def replica_delays_ms(self) -> dict[str, int]:
+        """recovery_min_apply_delay per running replica, in whole ms as PostgreSQL keeps it: the
+        stale one lags on purpose, the remote one by a one-way trip."""
+        delays = {}
+        for i in range(1, self.replicas + 1):
+            delay = 0.0
+            if i == self.emulation.stale_replica:
+                delay = max(delay, self.emulation.apply_delay_ms)
+            if i == self.emulation.remote_replica:
+                delay = max(delay, self.emulation.region_rtt_ms / 2)
+            delays[f"replica-{i}"] = round(delay)
+        return delays
+
+    def controlled(self) -> dict:
+        """The values of CONTROLLED_FIELDS, as the controller reports what runs."""
+        return {"replicas": self.replicas, "replication": self.replication,
+                "replica_delays_ms": self.replica_delays_ms(),
+                "indexes.post_user_time": self.indexes.post_user_time, "app_servers": self.app_servers}
 
 
 class TopologyError(ValueError):
@@ -168,9 +207,23 @@ def parse(data: dict) -> Topology:
         message = node_cap_error(replicas, SHARDS)
         if message:
             errors.append(("replicas", message))
+    if topology is not None:
+        errors += _cross_checks(topology)
     if errors:
         raise TopologyError(errors)
     return topology
+
+
+def _cross_checks(t: Topology) -> list[tuple[str, str]]:
+    errors = []
+    if t.replication != "async" and t.replicas == 0:
+        # With no standby to confirm, every commit would wait forever.
+        errors.append(("replication", f"{t.replication} needs at least one replica; replicas is 0"))
+    for name in ("stale_replica", "remote_replica"):
+        index = getattr(t.emulation, name)
+        if index > t.replicas:
+            errors.append((f"emulation.{name}", f"replica-{index} does not exist with replicas={t.replicas}"))
+    return errors
 
 
 def merge(base: dict, patch: dict) -> dict:
@@ -184,16 +237,13 @@ def merge(base: dict, patch: dict) -> dict:
     return out
 
 
-def running() -> dict:
-    """What the processes are now, for the process fields. No replica is started yet, and the app
-    servers are those `up` started from the stack config."""
-    return {"replicas": 0, "app_servers": config.load().app_servers}
-
-
-def pending(topology: Topology) -> list[dict]:
-    now = running()
-    return [{"field": name, "wanted": getattr(topology, name), "running": now[name]}
-            for name in PROCESS_FIELDS if getattr(topology, name) != now[name]]
+def pending(topology: Topology, running: dict | None) -> list[dict]:
+    """The controlled fields whose running value differs from the topology. `running` is what the
+    controller last reported (api.routing.nodes); None means no controller has reported."""
+    wanted = topology.controlled()
+    running = running or {}
+    return [{"field": name, "wanted": wanted[name], "running": running.get(name)}
+            for name in CONTROLLED_FIELDS if running.get(name) != wanted[name]]
 
 
 # --- the stored document -------------------------------------------------------------------------
@@ -208,9 +258,13 @@ class Document:
         return {"version": self.version, "updated_at": self.updated_at, "updated_by": self.updated_by,
                 "topology": self.topology.to_dict()}
 
-    def to_dict(self) -> dict:
-        """What the API and the CLI show: the stored document and the changes still pending."""
-        return {**self.stored(), "pending": pending(self.topology)}
+    def to_dict(self, report=None) -> dict:
+        """What the API and the CLI show: the stored document, the changes still pending, and what
+        the controller is doing about them (`report`: its last api.routing.nodes.Report)."""
+        fresh = report is not None and report.fresh()
+        return {**self.stored(), "pending": pending(self.topology, report.running if fresh else None),
+                "progress": report.progress if fresh else "no controller has reported in the last "
+                                                           "few seconds"}
 
 
 # Compare-and-set: write only if nobody wrote since the writer read version ARGV[1].
@@ -261,6 +315,13 @@ class Store:
 
     def patch(self, data: dict, updated_by: str) -> Document:
         return self.update(lambda current: merge(current, data), updated_by)
+
+
+def report():
+    """The controller's last report on the data nodes (what runs, and its progress)."""
+    from api.routing import nodes
+    from api.state import state_client
+    return nodes.read(state_client())
 
 
 def store() -> Store:

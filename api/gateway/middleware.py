@@ -13,6 +13,7 @@ import uuid
 from django.conf import settings
 
 from api import faults
+from api.routing import db, nodes, stats
 from workbench import topology
 
 from .problems import field_error, problem, problem_response
@@ -30,16 +31,31 @@ class GatewayMiddleware:
         given = request.headers.get("X-Request-Id", "")
         request.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         faults.arm(request)
+        client_id = request.headers.get("X-Client-Id")
+        token = db.begin_request(request.method, client_id)
         try:
             response = self._limits(request) or self.get_response(request)
         finally:
             faults.disarm()
+            routing = db.end_request(token)
+        if request.method not in ("GET", "HEAD", "OPTIONS") and response.status_code < 400 and routing.used:
+            db.note_write(client_id)
+        self._db_headers(response, routing.used)
+        stats.flush()
         response["X-Request-Id"] = request.request_id
         response["X-App-Server"] = settings.APP_SERVER_NAME
         # The worker's local copy: at most one small version check a second, never a read per request.
         response["X-Topology-Version"] = str(topology.current().version)
         response["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
         return response
+
+    @staticmethod
+    def _db_headers(response, used: list[str]) -> None:
+        """Which data node answered, and how far behind it was (the controller's last sample)."""
+        response["X-DB-Node"] = ", ".join(db.node_name(a) for a in used) or "none"
+        report = nodes.current() if any(a in db.REPLICAS for a in used) else None
+        lag = max((report.lag_ms(a) for a in used if a in db.REPLICAS), default=0.0) if report else 0.0
+        response["X-DB-Lag-Ms"] = f"{lag:.1f}"
 
     def _limits(self, request):
         if not request.path.startswith("/api/v") or request.method not in BODY_METHODS:

@@ -1,27 +1,161 @@
-"""Which database each model lives on.
+"""Which database node answers each query: the one router for meta, the primary and its replicas.
 
-`meta` (alias `default`) holds accounts and anything global; the data models live on the data
-primary. Later, replicas and shards extend this one router rather than adding another.
+`meta` (alias `default`) holds accounts and anything global; users and posts live on the data
+primary, which streams to up to four read replicas (aliases `replica-1` ... `replica-4`).
+
+- Writes, and every read in a request that writes, go to the primary.
+- A GET or HEAD picks one node for all its reads, at its first read, by the topology's read
+  policy: round_robin, random or least_lag. A replica is skipped when the controller reports it
+  down or behind `max_lag_ms` (api.routing.nodes), or when it failed here moments ago.
+- Read-your-writes: after a client's write, its reads go to the primary for `read_your_writes_s`.
+  The client is the `X-Client-Id` header until the gateway adds tokens.
+- A read that fails on a replica is retried once on another node (see ApiView.handle_exception).
+Outside a request (management commands, the reconciler) everything uses the primary.
 """
+from __future__ import annotations
+
+import contextvars
+import itertools
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+from workbench import topology
+
+from . import nodes
+
 DATA_MODELS = {"user", "post"}
 PRIMARY = "primary"
 META = "default"
+MAX_REPLICAS = 4
+REPLICAS = [f"replica-{i}" for i in range(1, MAX_REPLICAS + 1)]
+DATA_ALIASES = {PRIMARY, *REPLICAS}
+SUSPECT_S = 2.0            # a replica that just failed here is avoided this long
+RYW_KEY = "workbench:ryw:{}"
+CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def alias_for(model) -> str:
+def is_data_model(model) -> bool:
     meta = model._meta
-    return PRIMARY if meta.app_label == "api" and meta.model_name in DATA_MODELS else META
+    return meta.app_label == "api" and meta.model_name in DATA_MODELS
+
+
+def node_name(alias: str) -> str:
+    """The name a node goes by in headers, metrics and the controller: meta, primary, replica-N."""
+    return "meta" if alias == META else alias
+
+
+@dataclass
+class RequestRouting:
+    """One request's routing: whether it may read from a replica, the node it chose, the nodes used."""
+    reads_may_use_replicas: bool
+    client_id: str | None = None
+    read_alias: str | None = None
+    retried: bool = False
+    avoid: set = field(default_factory=set)
+    used: list = field(default_factory=list)
+
+
+_request: contextvars.ContextVar[RequestRouting | None] = contextvars.ContextVar("db_routing", default=None)
+_round_robin = itertools.count()
+_suspects: dict[str, float] = {}
+_suspects_lock = threading.Lock()
+
+
+def begin_request(method: str, client_id: str | None):
+    client_id = client_id if client_id and CLIENT_ID.match(client_id) else None
+    return _request.set(RequestRouting(method in ("GET", "HEAD"), client_id))
+
+
+def end_request(token) -> RequestRouting | None:
+    routing = _request.get()
+    _request.reset(token)
+    return routing
+
+
+def read_alias() -> str:
+    routing = _request.get()
+    if routing is None or not routing.reads_may_use_replicas:
+        return PRIMARY
+    if routing.read_alias is None:
+        routing.read_alias = choose(routing)
+    return routing.read_alias
+
+
+def choose(routing: RequestRouting) -> str:
+    t = topology.current().topology
+    if t.replicas == 0:
+        return PRIMARY
+    if t.read_your_writes_s > 0 and routing.client_id and _wrote_recently(routing.client_id):
+        return PRIMARY
+    report = nodes.current()
+    now = time.monotonic()
+    candidates = [r for r in report.usable_replicas(t.replicas, t.max_lag_ms)
+                  if r not in routing.avoid and _suspects.get(r, 0) < now]
+    if not candidates:
+        return PRIMARY
+    if t.read_policy == "random":
+        return random.choice(candidates)
+    if t.read_policy == "least_lag":
+        least = min(report.lag_ms(r) for r in candidates)
+        candidates = [r for r in candidates if report.lag_ms(r) == least]
+    return candidates[next(_round_robin) % len(candidates)]
+
+
+def retry_read(exc: Exception) -> bool:
+    """After a database error in a read-only request on a replica: avoid that replica and say
+    whether to run the request once more (at most once)."""
+    from django.db import DatabaseError, connections
+
+    routing = _request.get()
+    if (routing is None or routing.retried or not isinstance(exc, DatabaseError)
+            or routing.read_alias not in REPLICAS):
+        return False
+    failed = routing.read_alias
+    with _suspects_lock:
+        _suspects[failed] = time.monotonic() + SUSPECT_S
+    routing.avoid.add(failed)
+    routing.retried, routing.read_alias = True, None
+    try:
+        connections[failed].close()  # a broken pooled connection is discarded, not reused
+    except Exception:  # noqa: BLE001 - the node is already known to be failing
+        pass
+    return True
+
+
+def note_query(alias: str) -> None:
+    routing = _request.get()
+    if routing is not None and alias in DATA_ALIASES and alias not in routing.used:
+        routing.used.append(alias)
+
+
+def note_write(client_id: str | None) -> None:
+    """Start the client's read-your-writes window after a successful write."""
+    window = topology.current().topology.read_your_writes_s
+    if window > 0 and client_id and CLIENT_ID.match(client_id):
+        from api.state import state_client
+        state_client().set(RYW_KEY.format(client_id), 1, px=int(window * 1000))
+
+
+def _wrote_recently(client_id: str) -> bool:
+    from api.state import state_client
+    try:
+        return bool(state_client().exists(RYW_KEY.format(client_id)))
+    except Exception:  # noqa: BLE001 - unknown: the primary is always consistent
+        return True
 
 
 class Router:
     def db_for_read(self, model, **hints):
-        return alias_for(model)
+        return read_alias() if is_data_model(model) else META
 
     def db_for_write(self, model, **hints):
-        return alias_for(model)
+        return PRIMARY if is_data_model(model) else META
 
     def allow_relation(self, obj1, obj2, **hints):
-        return alias_for(type(obj1)) == alias_for(type(obj2))
+        return is_data_model(type(obj1)) == is_data_model(type(obj2))
 
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         if app_label == "api" and model_name in DATA_MODELS:

@@ -64,4 +64,4 @@ class TopologyView(AdminView):
         except redis.RedisError as exc:
             raise Unavailable(f"The state Valkey is unavailable: {type(exc).__name__}.") from None
         topology.remember(doc)  # so this response's X-Topology-Version already shows a write
-        return Response(doc.to_dict())
+        return Response(doc.to_dict(topology.report()))

@@ -65,6 +65,13 @@ class StackConfig:
     def data_pg_port(self) -> int:
         return self.service_port_base + 1
 
+    def replica_port(self, index: int) -> int:
+        """Port of read replica `index` (1-based, replica-1 ... replica-4) of the data primary."""
+        return self.service_port_base + 1 + index
+
+    def replica_url(self, index: int) -> str:
+        return f"postgres://workbench@127.0.0.1:{self.replica_port(index)}/workbench"
+
     @property
     def valkey_state_port(self) -> int:
         return self.service_port_base + 100

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 
-from . import apps, caddy, config, postgres, valkey
+from . import apps, caddy, config, datanodes, postgres, valkey
 from .process import ProcessSpec, Supervised, stop_tree
 
 HEALTH_INTERVAL = 1.0
@@ -45,6 +45,7 @@ class Controller:
         self.lock = threading.RLock()
         self.run: dict | None = None          # the measurement run in progress (one at a time)
         self.run_proc: subprocess.Popen | None = None
+        self.data_nodes: datanodes.DataNodes | None = None
 
     # --- events -------------------------------------------------------------------------------
     def log(self, event: str, **fields) -> None:
@@ -76,12 +77,20 @@ class Controller:
         self._manage("seed", "--if-empty", "--users", str(cfg.seed_users),
                      "--posts-per-user", str(cfg.seed_posts_per_user), "--no-progress")
         self._manage("demo_accounts")
+        self.set_phase("starting replicas")
+        self.data_nodes = datanodes.DataNodes(self)
+        try:  # the topology kept in the state Valkey may ask for replicas: start them before serving
+            self.data_nodes.apply(self.data_nodes.store.read().topology)
+        except Exception as exc:  # the apply thread keeps trying; the stack can serve from the primary
+            self.log("topology_apply_failed", error=str(exc))
+        threading.Thread(target=self.data_nodes.monitor_forever, daemon=True).start()
         self.set_phase("starting app servers")
         for i in range(1, cfg.app_servers + 1):
             self._start(apps.app_server(cfg, i))
         self._start(apps.reconciler(cfg))
         self._start(caddy.spec(cfg))
         self._start(apps.dashboard(cfg))
+        threading.Thread(target=self.data_nodes.apply_forever, daemon=True).start()
         self.set_phase("ready")
 
     def _start_postgres(self, name: str, role: str, port: int, database: str) -> None:
@@ -144,6 +153,8 @@ class Controller:
                 if self.stopping.is_set():
                     return
                 name = proc.spec.name
+                if proc.retired:
+                    continue
                 code = proc.exited()
                 if code is None:
                     if check_health:
@@ -225,6 +236,7 @@ class Controller:
                  "rss_bytes": me.memory_info().rss, "restarts": 0}]
         with self.lock:
             procs = list(self.procs.values())
+        report = self.data_nodes.last_report if self.data_nodes else None
         for proc in procs:
             running = proc.exited() is None
             rows.append({"role": proc.spec.role, "name": proc.spec.name, "pid": proc.pid if running else None,
@@ -239,6 +251,7 @@ class Controller:
             "controller_url": cfg.controller_url,
             "data_dir": str(cfg.data_dir),
             "processes": rows,
+            "data_nodes": report.to_dict() if report else None,
         }
 
 

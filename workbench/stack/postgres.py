@@ -94,12 +94,13 @@ log_min_messages = warning
 """
 
 
-def spec(name: str, data_dir: Path, port: int, log_file: Path) -> ProcessSpec:
+def spec(name: str, data_dir: Path, port: int, log_file: Path, settings: dict | None = None) -> ProcessSpec:
     bindir = binaries.postgres_bin_dir()
     url = f"postgres://{DB_USER}@127.0.0.1:{port}/postgres"
+    extra = [arg for key, value in (settings or {}).items() for arg in ("-c", f"{key}={value}")]
     return ProcessSpec(
         name=name, role="postgres", port=port, log_file=log_file,
-        argv=[str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port)],
+        argv=[str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port), *extra],
         user=run_as(),
         health=lambda: ping(url),
         # SIGINT is PostgreSQL's "fast" shutdown: roll back clients, checkpoint, exit.

@@ -45,6 +45,7 @@ class Supervised:
         self.started_at = 0.0
         self.restarts = 0
         self.healthy = False
+        self.retired = False  # stopped on purpose (a replica the topology no longer wants): no restart
 
     @property
     def pid(self) -> int | None:
@@ -97,6 +98,10 @@ class Supervised:
             self.popen.wait(timeout=1)
         except subprocess.TimeoutExpired:
             pass
+
+    def retire(self) -> None:
+        self.retired = True
+        self.stop()
 
     def rss_bytes(self) -> int:
         """RSS of the process and all its children (a gunicorn master plus its workers, say)."""

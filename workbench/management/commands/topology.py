@@ -57,7 +57,7 @@ class Command(BaseCommand):
             if options["action"] == "show":
                 doc = store.read()
                 if options["json"]:
-                    self.stdout.write(json.dumps(doc.to_dict(), indent=2))
+                    self.stdout.write(json.dumps(doc.to_dict(topology.report()), indent=2))
                     return
             elif options["action"] == "set":
                 doc = store.patch(parse_assignments(options["pairs"]), who)
@@ -74,6 +74,9 @@ class Command(BaseCommand):
         self.stdout.write(f"version {doc.version}   updated {doc.updated_at or '-'} by {doc.updated_by or '-'}")
         for key, value in _flat(doc.topology.to_dict()):
             self.stdout.write(f"  {key:<26}{json.dumps(value)}")
-        for change in topology.pending(doc.topology):
-            self.stdout.write(f"  pending for the controller: {change['field']} {change['running']} -> "
-                              f"{change['wanted']} (recorded; not carried out yet)")
+        shown = doc.to_dict(topology.report())
+        for change in shown["pending"]:
+            self.stdout.write(f"  pending for the controller: {change['field']} {json.dumps(change['running'])} -> "
+                              f"{json.dumps(change['wanted'])}")
+        if shown["progress"]:
+            self.stdout.write(f"  controller: {shown['progress']}")
