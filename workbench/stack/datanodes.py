@@ -28,7 +28,7 @@ import psycopg
 import redis
 
 from api import queries
-from api.routing import nodes
+from api.routing import nodes, stats
 from workbench import parameters, topology
 
 from . import binaries, postgres
@@ -55,6 +55,7 @@ class DataNodes:
         self.running: dict = {}
         self.history: collections.deque = collections.deque(maxlen=20_000)  # (monotonic time, primary LSN)
         self.down_since: dict[str, float] = {}
+        self.state.delete(stats.KEY)  # query counts start with the stack
 
     # --- connections ----------------------------------------------------------------------------
     def _url(self, node: str) -> str:
@@ -272,6 +273,9 @@ class DataNodes:
             for name, count in self.last_connections.items():
                 if name in report_nodes:
                     report_nodes[name]["connections"] = count
+        # Queries each node has answered since the stack started, as counted by the app workers.
+        for name, count in stats.totals(self.state).items():
+            report_nodes.setdefault(name, {"healthy": name == "meta"})["queries"] = count
         return nodes.Report(time.time(), report_nodes, self.running, self.progress, self.version)
 
     last_connections: dict = {}
