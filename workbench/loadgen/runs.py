@@ -17,6 +17,7 @@ import psutil
 import psycopg
 import redis
 
+from api.routing import nodes
 from workbench import topology as topology_doc
 from workbench.stack.config import StackConfig
 
@@ -112,9 +113,12 @@ def topology_of(cfg: StackConfig) -> dict:
         client = redis.Redis.from_url(cfg.state_url, socket_timeout=2, socket_connect_timeout=2)
         try:
             doc = topology_doc.Store(client).read()
+            report = nodes.read(client)
         finally:
             client.close()
-        return {"version": doc.version, **doc.topology.to_dict(), "processes": processes}
+        # What ran may lag the document while the controller applies it: both are kept.
+        return {"version": doc.version, **doc.topology.to_dict(), "processes": processes,
+                "running": report.running, "pending": topology_doc.pending(doc.topology, report.running)}
     except (redis.RedisError, ValueError, KeyError) as exc:
         return {"version": None, "error": f"topology unreadable: {exc}", "processes": processes}
 
