@@ -76,6 +76,9 @@ def controller(stack_config, stack):
         def process(self, name):
             return next(p for p in self.status()["processes"] if p["name"] == name)
 
+        def events(self):
+            return requests.get(stack_config.controller_url + "/events", headers=headers, timeout=5).json()["events"]
+
     return Controller()
 
 
@@ -121,3 +124,42 @@ def free_port_base() -> int:
         if not ports.in_use(config.load({"WORKBENCH_PORT_BASE": str(base)}).controller_port):
             return base
     pytest.fail("no free port base found for the unreachable-controller case")
+
+
+class TopologyAdmin:
+    """The admin topology API with the controller's token, for tests that change the topology."""
+
+    def __init__(self, url: str, token: str):
+        self.url, self.headers = url, {"Authorization": f"Bearer {token}"}
+
+    def get(self, **kw):
+        return requests.get(self.url, headers=self.headers, timeout=30, **kw)
+
+    def put(self, body):
+        return requests.put(self.url, json=body, headers=self.headers, timeout=30)
+
+    def patch(self, body):
+        return requests.patch(self.url, json=body, headers=self.headers, timeout=30)
+
+    def data(self) -> dict:
+        response = self.get()
+        assert response.status_code == 200, response.text
+        return response.json()["data"]
+
+    def settled(self) -> dict:
+        """Wait until the controller runs what the topology asks for (nothing pending but the
+        fields no issue carries out yet)."""
+        def done():
+            data = self.data()
+            return data if all(p["field"] == "app_servers" for p in data["pending"]) else None
+        return wait_for(done, timeout=120, what="the controller to apply the topology")
+
+    def apply(self, patch: dict, *, replace: bool = False) -> dict:
+        response = self.put(patch) if replace else self.patch(patch)
+        assert response.status_code == 200, response.text
+        return self.settled()
+
+
+@pytest.fixture(scope="session")
+def topology_admin(stack, stack_config):
+    return TopologyAdmin(stack["api_url"] + "/api/v1/admin/topology", stack_config.controller_token())

@@ -18,31 +18,11 @@ from workbench import topology
 DEFAULTS = topology.Topology().to_dict()
 
 
-class Admin:
-    def __init__(self, url: str, token: str):
-        self.url, self.headers = url, {"Authorization": f"Bearer {token}"}
-
-    def get(self, **kw):
-        return requests.get(self.url, headers=self.headers, timeout=30, **kw)
-
-    def put(self, body):
-        return requests.put(self.url, json=body, headers=self.headers, timeout=30)
-
-    def patch(self, body):
-        return requests.patch(self.url, json=body, headers=self.headers, timeout=30)
-
-    def data(self) -> dict:
-        response = self.get()
-        assert response.status_code == 200, response.text
-        return response.json()["data"]
-
-
 @pytest.fixture(scope="module")
-def admin(stack, stack_config):
-    client = Admin(stack["api_url"] + "/api/v1/admin/topology", stack_config.controller_token())
-    yield client
-    # Leave the defaults (as a new version) so no other module runs under this one's changes.
-    assert client.put({}).status_code == 200
+def admin(topology_admin):
+    yield topology_admin
+    # Leave the defaults (as a new version), carried out, so no other module runs under this one's changes.
+    topology_admin.apply({}, replace=True)
 
 
 def manage(*args):
@@ -79,13 +59,11 @@ def test_patch_merges_put_replaces_and_get_reads_back(admin):
     assert patched["updated_by"].startswith("api") and patched["updated_at"].endswith("Z")
     assert admin.data() == patched
 
-    replaced = admin.put({"replicas": 1}).json()["data"]
+    replaced = admin.put({"app_servers": 3}).json()["data"]
     assert replaced["version"] == patched["version"] + 1
-    assert replaced["topology"] == {**DEFAULTS, "replicas": 1}  # absent fields went back to defaults
-    assert replaced["pending"] == [{"field": "replicas", "wanted": 1, "running": 0}]
-
-    both = admin.patch({"app_servers": 3}).json()["data"]
-    assert {p["field"] for p in both["pending"]} == {"replicas", "app_servers"}
+    assert replaced["topology"] == {**DEFAULTS, "app_servers": 3}  # absent fields went back to defaults
+    # The controller does not start app servers yet (the load-balancer issue does): it stays pending.
+    assert replaced["pending"] == [{"field": "app_servers", "wanted": 3, "running": 2}]
     assert admin.put({}).json()["data"]["pending"] == []
 
 
@@ -97,6 +75,9 @@ INVALID = [
     ({"emulation": {"rtt_ms": 501}}, {"emulation.rtt_ms"}),
     ({"emulation": {"nope": True}}, {"emulation.nope"}),
     ({"emulation": 3}, {"emulation"}),
+    ({"replication": "remote_apply"}, {"replication"}),  # sync with no replica would block every write
+    ({"replicas": 1, "emulation": {"stale_replica": 2}}, {"emulation.stale_replica"}),
+    ({"replication": "sync"}, {"replication"}),
     ({"read_policy": "nearest", "pool_max": 0, "app_servers": 9, "emulation": {"node_concurrency": -1}},
      {"read_policy", "pool_max", "app_servers", "emulation.node_concurrency"}),
 ]
@@ -245,17 +226,18 @@ def test_cli_show_and_set(admin):
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == before
 
-    changed = manage("set", "replicas=2", "read_policy=least_lag", "emulation.enabled=true", "emulation.rtt_ms=2")
+    changed = manage("set", "app_servers=3", "read_policy=least_lag", "emulation.node_concurrency=3",
+                     "emulation.rtt_ms=2")
     assert changed.returncode == 0, changed.stderr
     after = admin.data()
     assert after["version"] == before["version"] + 1 and after["updated_by"].startswith("cli")
     assert after["topology"] == topology.merge(before["topology"], {
-        "replicas": 2, "read_policy": "least_lag", "emulation": {"enabled": True, "rtt_ms": 2}})
+        "app_servers": 3, "read_policy": "least_lag", "emulation": {"node_concurrency": 3, "rtt_ms": 2}})
 
     text = manage("show")
     assert text.returncode == 0, text.stderr
     assert f"version {after['version']}" in text.stdout and "emulation.rtt_ms" in text.stdout
-    assert "pending for the controller: replicas 0 -> 2" in text.stdout
+    assert "pending for the controller: app_servers 2 -> 3" in text.stdout
 
     reset = manage("reset")
     assert reset.returncode == 0, reset.stderr

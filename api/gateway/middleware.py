@@ -40,7 +40,7 @@ class GatewayMiddleware:
             routing = db.end_request(token)
         if request.method not in ("GET", "HEAD", "OPTIONS") and response.status_code < 400 and routing.used:
             db.note_write(client_id)
-        self._db_headers(response, routing.used)
+        self._db_headers(response, routing)
         stats.flush()
         response["X-Request-Id"] = request.request_id
         response["X-App-Server"] = settings.APP_SERVER_NAME
@@ -50,8 +50,12 @@ class GatewayMiddleware:
         return response
 
     @staticmethod
-    def _db_headers(response, used: list[str]) -> None:
-        """Which data node answered, and how far behind it was (the controller's last sample)."""
+    def _db_headers(response, routing) -> None:
+        """Which data node answered, how far behind it was (the controller's last sample), and the
+        replica a failed read was retried away from."""
+        used = routing.used
+        if routing.avoid:
+            response["X-DB-Retried-From"] = ", ".join(sorted(routing.avoid))
         response["X-DB-Node"] = ", ".join(db.node_name(a) for a in used) or "none"
         report = nodes.current() if any(a in db.REPLICAS for a in used) else None
         lag = max((report.lag_ms(a) for a in used if a in db.REPLICAS), default=0.0) if report else 0.0
