@@ -25,15 +25,19 @@ _USES_INDEX = re.compile(rf"\b(using|on) {SUPPORTING_INDEX}\b")
 _ROWS = re.compile(r"\(actual time=[0-9.]+\.\.[0-9.]+ rows=([0-9.]+)")
 
 
-def default_range(since: datetime | None, until: datetime | None, now: datetime) -> tuple[datetime, datetime, list]:
-    """Fill the bounds the caller left out: until defaults to now, since to DEFAULT_RANGE before
-    until. Returns (since, until, the names that were defaulted)."""
-    defaulted = [name for name, value in (("since", since), ("until", until)) if value is None]
+def default_range(since: datetime | None, until: datetime | None, now: datetime) -> dict:
+    """Fill the bounds the caller left out: `until` defaults to now (never before `since`), `since`
+    to DEFAULT_RANGE before `until`. Says which were defaulted and what that made the range."""
+    days = DEFAULT_RANGE.days
+    notes = {("since", "until"): f"since and until not given: the last {days} days up to now",
+             ("since",): f"since not given: the {days} days up to `until`",
+             ("until",): "until not given: from `since` up to now"}
+    defaulted = tuple(name for name, value in (("since", since), ("until", until)) if value is None)
     if until is None:
-        until = max(now, since) if since else now  # never before `since`
+        until = max(now, since) if since else now
     if since is None:
         since = until - DEFAULT_RANGE
-    return since, until, defaulted
+    return {"since": since, "until": until, "defaulted": list(defaulted), "note": notes.get(defaulted)}
 
 
 def hot_querysets(user_id: int, since: datetime, until: datetime, limit: int = 20) -> dict:

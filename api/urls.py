@@ -11,4 +11,5 @@ urlpatterns = [
     path("users/<id64:user_id>/posts", v1.PostListView.as_view()),
     path("users/<id64:user_id>/posts/<id64:post_id>", v1.PostDetailView.as_view()),
     path("admin/topology", admin.TopologyView.as_view()),
+    path("admin/explain", admin.ExplainView.as_view()),
 ]

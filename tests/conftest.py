@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from tests.settings import ROOT  # noqa: E402  (sets the test stack's environment; see that module)
+from workbench.loadgen.client import TopologyClient  # noqa: E402
 from workbench.stack import config, launcher  # noqa: E402
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -126,40 +127,19 @@ def free_port_base() -> int:
     pytest.fail("no free port base found for the unreachable-controller case")
 
 
-class TopologyAdmin:
-    """The admin topology API with the controller's token, for tests that change the topology."""
-
-    def __init__(self, url: str, token: str):
-        self.url, self.headers = url, {"Authorization": f"Bearer {token}"}
+class TopologyAdmin(TopologyClient):
+    """The admin topology API with the controller's token, answering raw responses for tests."""
 
     def get(self, **kw):
-        return requests.get(self.url, headers=self.headers, timeout=30, **kw)
+        return self.send("GET", **kw)
 
     def put(self, body):
-        return requests.put(self.url, json=body, headers=self.headers, timeout=30)
+        return self.send("PUT", body)
 
     def patch(self, body):
-        return requests.patch(self.url, json=body, headers=self.headers, timeout=30)
-
-    def data(self) -> dict:
-        response = self.get()
-        assert response.status_code == 200, response.text
-        return response.json()["data"]
-
-    def settled(self) -> dict:
-        """Wait until the controller runs what the topology asks for (nothing pending but the
-        fields no issue carries out yet)."""
-        def done():
-            data = self.data()
-            return data if all(p["field"] == "app_servers" for p in data["pending"]) else None
-        return wait_for(done, timeout=120, what="the controller to apply the topology")
-
-    def apply(self, patch: dict, *, replace: bool = False) -> dict:
-        response = self.put(patch) if replace else self.patch(patch)
-        assert response.status_code == 200, response.text
-        return self.settled()
+        return self.send("PATCH", body)
 
 
 @pytest.fixture(scope="session")
 def topology_admin(stack, stack_config):
-    return TopologyAdmin(stack["api_url"] + "/api/v1/admin/topology", stack_config.controller_token())
+    return TopologyAdmin(stack_config)

@@ -109,5 +109,14 @@ def test_dashboard_shows_the_controllers_processes(stack, controller, page, page
     assert re.fullmatch(r"\d+(\.\d+)? ms", metric_value(page, "GET /api/v1/users (measured now)"))
     assert re.fullmatch(r"app-\d+", metric_value(page, "Answered by"))
 
+    # The data nodes as the controller sampled them: the same nodes, in the same health.
+    nodes = page.get_by_test_id("stTable").filter(has_text="lag (WAL bytes)")
+    shown = {row.locator("th").inner_text().strip(): row.locator("td").first.inner_text().strip()
+             for row in nodes.locator("tbody tr").all()}
+    report = controller.status()["data_nodes"]
+    assert shown.get("primary") == "healthy", shown
+    assert {n for n in shown if n.startswith("replica-")} == {n for n in report["nodes"] if n.startswith("replica-")}
+    assert re.fullmatch(r"\d+", metric_value(page, "Replicas running"))
+
     save_full_page_screenshot(page, SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 10_000

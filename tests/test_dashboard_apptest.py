@@ -1,16 +1,49 @@
-"""The status page run in-process with Streamlit's AppTest: fast, no browser. The first case reads
-the real test stack (lessons/client.py finds it through the env vars conftest sets); the second
-points the page at a port base where no controller runs."""
+"""The status page run in-process with Streamlit's AppTest: fast, no browser. Some cases read the
+real test stack (lessons/client.py finds it through the env vars conftest sets); one points the
+page at a port base where no controller runs; two feed the page a controller report with replicas
+and pending changes (the test stack runs no replicas). The shaping of the data-node rows
+(lessons/data_nodes.py) is unit-tested at the end, without a stack."""
+import copy
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from lessons import data_nodes
+from lessons.client import StackClient
+from lessons.data_nodes import DASH
 from lessons.pages.stack_status import UNREACHABLE
 from conftest import free_port_base
 
 APP = Path(__file__).resolve().parents[1] / "lessons" / "app.py"
-METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "Answered by"]
+METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "Answered by",
+           "Replicas running", "Replication"]
+LAG = "replay lag (ms, 100 ms resolution)"  # [lag] sample_interval_s = 0.1 in workbench/parameters.toml
+
+# A controller report as GET /status carries it (shape taken from a running stack with two
+# replicas, in remote_apply mode), plus a replica being started (not streaming yet), one retired
+# after it answered queries, and meta.
+REPORT = {
+    "at": 1795818252.247796,
+    "nodes": {
+        "replica-2": {"healthy": True, "state": "streaming", "sync_state": "quorum", "port": 41503,
+                      "lag_bytes": 0, "lag_ms": 0.0, "connections": 1, "queries": 7},
+        "primary": {"healthy": True, "lag_ms": 0.0, "lag_bytes": 0, "connections": 3, "queries": 1234},
+        "replica-3": {"healthy": False, "state": "down", "sync_state": None, "port": 41504,
+                      "lag_bytes": None, "lag_ms": None},
+        "replica-1": {"healthy": True, "state": "streaming", "sync_state": "quorum", "port": 41502,
+                      "lag_bytes": 98304, "lag_ms": 3012.5, "connections": 2, "queries": 40},
+        "replica-4": {"healthy": False, "queries": 5},  # retired; `running` may still list it a moment
+        "meta": {"healthy": True, "queries": 88},
+    },
+    "running": {"replicas": 2, "replication": "remote_apply",
+                "replica_delays_ms": {"replica-1": 3000, "replica-2": 0, "replica-4": 0},
+                "indexes.post_user_time": True, "app_servers": 2},
+    "progress": "starting replica-3",
+    "version": 4,
+}
+PENDING = [{"field": "replicas", "wanted": 3, "running": 2},
+           {"field": "replica_delays_ms", "wanted": {"replica-1": 0}, "running": None}]
 
 
 def run_page() -> AppTest:
@@ -55,3 +88,111 @@ def test_status_page_explains_an_unreachable_controller(monkeypatch, tmp_path):
     assert "python manage.py up" in error.value
     assert not at.metric  # nothing half-rendered below the error
     assert not at.table
+
+
+def test_status_page_shows_the_live_stacks_data_nodes(stack, controller):
+    at = run_page()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Data nodes" in [h.value for h in at.subheader]
+    report = controller.status()["data_nodes"]
+    assert report, "the test stack's controller reports its data nodes"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Replicas running"] == str(report["running"]["replicas"])
+    assert metrics["Replication"] == report["running"]["replication"]
+    shown = at.table[1].value  # processes, data nodes, then (no pending changes) readiness
+    assert list(shown.columns) == ["health", "replication", "sync", "port", "apply delay (ms)", LAG,
+                                   "lag (WAL bytes)", "connections", "queries"]
+    assert shown.loc["primary", "health"] == "healthy"
+    assert shown.index[0] == "primary"
+    assert set(shown.index) <= set(report["nodes"]) | {"meta"}
+    assert not at.warning, [w.value for w in at.warning]  # the admin topology API answered
+    assert any(c.value.startswith("Controller: ") for c in at.caption)
+
+
+@pytest.fixture
+def fake_stack(monkeypatch):
+    """The page's client answering from REPORT and PENDING instead of a stack; returns a setter for
+    what the admin topology API answers."""
+    status = {"phase": "ready", "error": None, "api_url": "http://127.0.0.1:1", "direct_urls": [],
+              "processes": [{"role": "controller", "name": "controller", "pid": 1, "port": 1, "healthy": True,
+                             "uptime_s": 1.0, "rss_bytes": 2**20, "restarts": 0}],
+              "data_nodes": copy.deepcopy(REPORT)}
+    topo = {"version": 5, "pending": PENDING, "progress": "copying the primary into replica-3"}
+    monkeypatch.setattr(StackClient, "status", lambda self: status)
+    monkeypatch.setattr(StackClient, "events", lambda self: [])
+    monkeypatch.setattr(StackClient, "probe",
+                        lambda self: {"ok": True, "status": 200, "ms": 1.0, "app_server": "app-1"})
+    monkeypatch.setattr(StackClient, "readiness", lambda self: {"status": "ready", "checks": {}})
+    monkeypatch.setattr(StackClient, "topology", lambda self: topo)
+    return topo
+
+
+def test_status_page_shows_replicas_and_pending_changes(fake_stack):
+    at = run_page()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error and not at.warning, [e.value for e in [*at.error, *at.warning]]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Replicas running"] == "2" and metrics["Replication"] == "remote_apply"
+
+    nodes = at.table[1].value
+    assert list(nodes.index) == ["primary", "replica-1", "replica-2", "replica-3", "replica-4", "meta"]
+    assert nodes.loc["replica-1"].to_dict() == {
+        "health": "healthy", "replication": "streaming", "sync": "quorum", "port": "41502",
+        "apply delay (ms)": "3,000", LAG: "3012.5", "lag (WAL bytes)": "98,304", "connections": "2", "queries": "40"}
+    assert nodes.loc["replica-3", "health"] == "DOWN" and nodes.loc["replica-3", LAG] == DASH
+    assert nodes.loc["primary", LAG] == DASH  # the primary is the source: no replay lag
+
+    pending = at.table[2].value
+    assert pending.to_dict("index") == {"replicas": {"wanted": "3", "running": "2"},
+                                        "replica_delays_ms": {"wanted": '{"replica-1": 0}', "running": DASH}}
+    captions = " ".join(c.value for c in at.caption)
+    assert "Controller: copying the primary into replica-3" in captions
+    assert "sampled every 0.1 s" in captions and "shows as 0" in captions
+    assert at.button[-1].label == "Refresh"
+
+
+def test_status_page_falls_back_to_the_controllers_progress(fake_stack):
+    """The admin API does not answer (Caddy down, say): pending changes are unknown, but the
+    controller's own progress text is still in its status report."""
+    fake_stack.clear()
+    fake_stack["error"] = "HTTP 502"
+    at = run_page()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [w.value for w in at.warning] == ["The admin topology API did not answer: HTTP 502"]
+    assert len(at.table) == 2  # processes and data nodes; no pending table
+    assert "Controller: starting replica-3" in " ".join(c.value for c in at.caption)
+
+
+# --- lessons/data_nodes.py: pure shaping, no stack -----------------------------------------------
+def test_node_rows_orders_and_shows_only_what_was_reported():
+    rows = {r["node"]: r for r in data_nodes.node_rows(REPORT, "lag")}
+    assert list(rows) == ["primary", "replica-1", "replica-2", "replica-3", "replica-4", "meta"]
+    assert rows["primary"] == {"node": "primary", "health": "healthy", "replication": DASH, "sync": DASH,
+                               "port": DASH, "apply delay (ms)": DASH, "lag": DASH, "lag (WAL bytes)": DASH,
+                               "connections": "3", "queries": "1,234"}
+    assert rows["replica-2"]["lag"] == "0.0" and rows["replica-2"]["lag (WAL bytes)"] == "0"
+    assert rows["replica-2"]["apply delay (ms)"] == "0"
+    assert rows["replica-3"] == {"node": "replica-3", "health": "DOWN", "replication": "down", "sync": DASH,
+                                  "port": "41504", "apply delay (ms)": DASH, "lag": DASH, "lag (WAL bytes)": DASH,
+                                  "connections": DASH, "queries": "0"}
+    assert rows["replica-4"]["health"] == "not running"  # only its query counter is left
+    assert rows["replica-4"]["apply delay (ms)"] == DASH
+    assert rows["meta"]["health"] == DASH and rows["meta"]["queries"] == "88"  # meta is not sampled
+
+
+def test_node_rows_of_no_report_and_a_down_primary():
+    assert data_nodes.node_rows(None) == data_nodes.node_rows({"nodes": {}}) == []
+    [row] = data_nodes.node_rows({"nodes": {"primary": {"healthy": False, "lag_ms": 0.0, "lag_bytes": 0}}})
+    assert row["health"] == "DOWN" and row["replay lag (ms)"] == DASH
+
+
+def test_pending_rows():
+    assert data_nodes.pending_rows(None) == data_nodes.pending_rows([]) == []
+    assert data_nodes.pending_rows(PENDING + [{"field": "replication", "wanted": "remote_write", "running": "async"},
+                                              {"field": "indexes.post_user_time", "wanted": True,
+                                               "running": False}]) == [
+        {"field": "replicas", "wanted": "3", "running": "2"},
+        {"field": "replica_delays_ms", "wanted": '{"replica-1": 0}', "running": DASH},
+        {"field": "replication", "wanted": "remote_write", "running": "async"},
+        {"field": "indexes.post_user_time", "wanted": "true", "running": "false"},
+    ]

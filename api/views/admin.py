@@ -1,17 +1,23 @@
 """Admin endpoints. Until the gateway has accounts and roles, "admin" means a request bearing the
 stack controller's token (the one in the data directory)."""
+from datetime import datetime, timezone
+
 import redis
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from api.gateway.errors import Conflict, Unavailable
+from api import queries
+from api.gateway.errors import Conflict, FieldError, Unavailable
+from api.pagination import MAX_LIMIT, parse_limit, time_range
+from api.routing.ids import MAX_ID
 from workbench import topology
 from workbench.stack.config import bearer_matches
 
 from .base import ApiView
+from .v1 import TIME_PARAMS
 
 
 def _is_admin(request) -> bool:
@@ -65,3 +71,47 @@ class TopologyView(AdminView):
             raise Unavailable(f"The state Valkey is unavailable: {type(exc).__name__}.") from None
         topology.remember(doc)  # so this response's X-Topology-Version already shows a write
         return Response(doc.to_dict(topology.report()))
+
+
+class ExplainView(AdminView):
+    """`EXPLAIN (ANALYZE, BUFFERS)` of the hot queries for one user, on the node the router picks
+    for this read: a user by id, the user's first posts page (newest first), and the user's posts
+    in [since, until]. Says whether the supporting index exists there and whether each plan uses
+    it, so the plans and timings can be compared with the topology's index toggle on and off."""
+    PARAMS = ("user_id", "since", "until", "limit")
+
+    @extend_schema(operation_id="admin_explain", responses=OpenApiTypes.OBJECT, parameters=[
+        OpenApiParameter("user_id", int, required=True, description="The user whose queries are explained."),
+        *TIME_PARAMS,
+        OpenApiParameter("limit", int, description=f"Page size, 1 to {MAX_LIMIT} (default 20)."),
+    ], description="Without since and until, the time range is the last "
+                   f"{queries.DEFAULT_RANGE.days} days; the answer says which bounds were defaulted.")
+    def get(self, request):
+        query = request.query_params
+        for name in query:
+            if name not in self.PARAMS:
+                raise FieldError(name, f"Unknown query parameter; this endpoint takes {', '.join(self.PARAMS)}.")
+        user_id = _user_id(query.get("user_id"))
+        since, until = time_range(query)
+        limit = parse_limit(query.get("limit"))
+        span = queries.default_range(since, until, datetime.now(timezone.utc))
+        try:
+            toggle = queries.index_toggle()
+        except redis.RedisError as exc:
+            toggle = {"field": queries.INDEX_FIELD, "error": f"the state Valkey is unavailable: {type(exc).__name__}"}
+        results = queries.explain_hot(user_id, span["since"], span["until"], limit)
+        return Response({
+            "user_id": user_id, "user_exists": bool(results[0]["rows"]), "limit": limit,
+            "time_range": {**span, "since": span["since"].isoformat(), "until": span["until"].isoformat()},
+            "supporting_index": {"name": queries.SUPPORTING_INDEX, "table": "api_post",
+                                 "columns": queries.INDEX_COLUMNS, "toggle": toggle},
+            "queries": results,
+        })
+
+
+def _user_id(raw: str | None) -> int:
+    if raw in (None, ""):
+        raise FieldError("user_id", "Required: the id of the user whose queries to explain.")
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_ID:
+        raise FieldError("user_id", "Must be a user id: an integer from 0 to 2^63-1.")
+    return int(raw)

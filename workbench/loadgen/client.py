@@ -6,6 +6,7 @@ import time
 
 import requests
 
+from workbench import topology
 from workbench.stack.config import StackConfig
 
 
@@ -65,3 +66,42 @@ class RunClient:
 
     def run(self, workload: dict, label: str = "", on_progress=None) -> dict:
         return self.wait(self.start(workload, label), on_progress)
+
+
+class TopologyError(RuntimeError):
+    pass
+
+
+class TopologyClient:
+    """The admin topology API, with the controller's token (admin until the gateway has roles).
+    `apply` changes the topology and waits until the controller runs what it asks for."""
+
+    def __init__(self, cfg: StackConfig):
+        self.url = cfg.api_url + "/api/v1/admin/topology"
+        self.headers = {"Authorization": f"Bearer {cfg.controller_token() or ''}"}
+
+    def send(self, method: str, body: dict | None = None, **kw) -> requests.Response:
+        return requests.request(method, self.url, json=body, headers=self.headers, timeout=30, **kw)
+
+    def data(self) -> dict:
+        response = self.send("GET")
+        if response.status_code != 200:
+            raise TopologyError(f"GET topology: {response.status_code} {response.text[:300]}")
+        return response.json()["data"]
+
+    def settled(self, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.data()
+            if not topology.still_applying(data["pending"]):
+                return data
+            if time.monotonic() > deadline:
+                raise TopologyError(f"the controller did not apply the topology within {timeout:.0f}s: "
+                                    f"pending {data['pending']}, progress {data['progress']}")
+            time.sleep(0.2)
+
+    def apply(self, patch: dict, *, replace: bool = False, timeout: float = 180) -> dict:
+        response = self.send("PUT" if replace else "PATCH", patch)
+        if response.status_code != 200:
+            raise TopologyError(f"topology change refused: {response.status_code} {response.text[:500]}")
+        return self.settled(timeout)

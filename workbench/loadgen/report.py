@@ -1,6 +1,38 @@
 """Text tables of runs, for the terminal and docs/benchmarks.md."""
 from __future__ import annotations
 
+from pathlib import Path
+
+BENCHMARKS_DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+
+
+def write_doc_block(name: str, text: str, heading: str, doc_path: Path = BENCHMARKS_DOC) -> None:
+    """Replace the block between `<!-- name:start -->` and `<!-- name:end -->` in the doc, or add it
+    at the end under `heading`: each benchmark command owns one block and rewrites only that."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    doc = doc_path.read_text() if doc_path.exists() else ""
+    block = f"{start}\n{text}\n{end}"
+    if start in doc and end in doc:
+        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc += f"\n## {heading}\n\n{block}\n"
+    doc_path.write_text(doc)
+
+
+def emulation_note(topology: dict | None) -> str:
+    """Whether a run had emulation on, and with what: every result must say."""
+    emulation = (topology or {}).get("emulation") or {}
+    parts = []
+    if emulation.get("enabled"):
+        parts.append(f"on (injected round trip {emulation['rtt_ms']:g} ms per query, "
+                     f"{emulation['node_concurrency'] or 'unlimited'} concurrent queries per node)")
+    if emulation.get("stale_replica"):
+        parts.append(f"replica-{emulation['stale_replica']} applies {emulation['apply_delay_ms']:g} ms late")
+    if emulation.get("remote_replica"):
+        parts.append(f"replica-{emulation['remote_replica']} in another region "
+                     f"({emulation['region_rtt_ms']:g} ms round trip)")
+    return "emulation: " + ("; ".join(parts) if parts else "off (plain loopback measurement)")
+
 
 def _ms(value) -> str:
     return "-" if value is None else f"{value:.2f}"
@@ -13,6 +45,7 @@ def summary_table(result: dict) -> str:
     lines = [
         f"run {result['id']}  {result['label']}".rstrip(),
         f"model: {result['model']}; target {result['target']}; {result['processes']} generator process(es)",
+        f"topology version {result.get('topology', {}).get('version')}; {emulation_note(result.get('topology'))}",
         f"asked {w['rate']:g}/s for {w['duration_s']:g}s" if w["mode"] == "open"
         else f"{w['connections']} connections for {w['duration_s']:g}s",
         f"scheduled {s['scheduled']:,}  sent {s['sent']:,}  ok {s['ok']:,}  errors {s['error_count']:,} "

@@ -4,17 +4,15 @@ baseline through the same entry point. Writes the table into docs/benchmarks.md.
 import json
 import statistics
 from datetime import datetime, timezone
-from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
 from workbench.loadgen.client import RunClient, RunError
 from workbench.loadgen.ramp import find_capacity
+from workbench.loadgen.report import BENCHMARKS_DOC, write_doc_block
 from workbench.loadgen.runs import machine, versions
 from workbench.stack import config
 
-DOC = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def cases(cfg) -> list[tuple[str, dict]]:
@@ -69,8 +67,8 @@ class Command(BaseCommand):
         text = render(cfg, table, ramp, o)
         self.stdout.write(text)
         if not o["no_write"]:
-            write_doc(text)
-            self.stdout.write(f"written to {DOC}")
+            write_doc_block("bench", text, "The bench table")
+            self.stdout.write(f"written to {BENCHMARKS_DOC}")
 
 
 def _median(values):
@@ -110,13 +108,3 @@ def render(cfg, table, ramp, o) -> str:
     lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
               "Run ids (in `.workbench/results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
     return "\n".join(lines)
-
-
-def write_doc(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else ""
-    block = f"{START}\n{text}\n{END}"
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc += "\n## The bench table\n\n" + block + "\n"
-    DOC.write_text(doc)

@@ -21,10 +21,9 @@ from django.core.management.base import BaseCommand, CommandError
 from workbench.loadgen import engine
 from workbench.loadgen.runs import machine, prioritise
 from workbench.loadgen.workload import Workload
-from workbench.management.commands.bench import DOC
+from workbench.loadgen.report import write_doc_block
 from workbench.stack import binaries, config
 
-START, END = "<!-- calibrate:start -->", "<!-- calibrate:end -->"
 
 
 def free_port() -> int:
@@ -67,13 +66,7 @@ class Command(BaseCommand):
         text = self.render(ceiling, comparison, o)
         self.stdout.write(text)
         if not o["no_write"]:
-            doc = DOC.read_text()
-            block = f"{START}\n{text}\n{END}"
-            if START in doc:
-                doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
-            else:
-                doc += "\n## Calibration of the load generator\n\n" + block + "\n"
-            DOC.write_text(doc)
+            write_doc_block("calibrate", text, "Calibration of the load generator")
 
     def ceiling(self, duration: float) -> dict:
         port = free_port()

@@ -1,6 +1,7 @@
 """Show or change the live topology (workbench/topology.py): the same store the admin API writes."""
 import getpass
 import json
+import time
 
 import redis
 from django.core.management.base import BaseCommand, CommandError
@@ -48,7 +49,10 @@ class Command(BaseCommand):
         show.add_argument("--json", action="store_true", help="machine-readable output")
         change = actions.add_parser("set", help="merge key=value pairs into the topology")
         change.add_argument("pairs", nargs="+", metavar="key=value")
-        actions.add_parser("reset", help="replace the topology by the defaults (a new version)")
+        reset = actions.add_parser("reset", help="replace the topology by the defaults (a new version)")
+        for parser_ in (change, reset):
+            parser_.add_argument("--wait", action="store_true",
+                                 help="wait until the controller runs what the topology asks for")
 
     def handle(self, *args, **options):
         who = f"cli ({getpass.getuser()})"
@@ -68,7 +72,27 @@ class Command(BaseCommand):
             raise CommandError(f"invalid topology; nothing was changed:\n{lines}") from None
         except (topology.Conflict, redis.RedisError) as exc:
             raise CommandError(f"the topology could not be changed: {exc}") from None
+        if options.get("wait"):
+            self._wait(doc)
         self._print(doc)
+
+    def _wait(self, doc: topology.Document, timeout: float = 300) -> None:
+        """Poll the controller's report until nothing it carries out is pending (app servers are
+        not carried out yet, so they never hold this up)."""
+        deadline = time.monotonic() + timeout
+        said = None
+        while True:
+            shown = doc.to_dict(topology.report())
+            waiting = topology.still_applying(shown["pending"])
+            if not waiting:
+                return
+            if shown["progress"] != said and shown["progress"]:
+                said = shown["progress"]
+                self.stdout.write(f"  controller: {said}")
+            if time.monotonic() > deadline:
+                raise CommandError(f"the controller has not applied version {doc.version} after {timeout:.0f}s: "
+                                   f"{', '.join(p['field'] for p in waiting)} still pending")
+            time.sleep(0.2)
 
     def _print(self, doc: topology.Document) -> None:
         self.stdout.write(f"version {doc.version}   updated {doc.updated_at or '-'} by {doc.updated_by or '-'}")
