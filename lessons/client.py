@@ -35,6 +35,17 @@ class StackClient:
         except (requests.RequestException, ValueError, KeyError):
             return []
 
+    def topology(self) -> dict:
+        """The admin topology API through Caddy, with the controller token: the stored topology, the
+        changes still pending and the controller's progress; {"error": ...} when it cannot be read."""
+        try:
+            response = self.session.get(self.cfg.api_url + "/api/v1/admin/topology",
+                                        headers=self._controller_headers(), timeout=5)
+            response.raise_for_status()
+            return response.json()["data"]
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            return {"error": str(exc)}
+
     def probe(self, path: str = "/api/v1/users?limit=1") -> dict:
         """One real request through Caddy: what came back and how long it took, as measured here."""
         started = time.perf_counter()

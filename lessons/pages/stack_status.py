@@ -2,7 +2,9 @@
 import pandas as pd
 import streamlit as st
 
+from lessons import data_nodes
 from lessons.client import StackClient
+from workbench import parameters
 
 UNREACHABLE = "The stack controller does not answer."
 RECENT_EVENTS = 15
@@ -41,13 +43,51 @@ def _readiness(body: dict) -> None:
         st.table(table if table["error"].any() else table.drop(columns="error"))
 
 
+def _clock(ts: float) -> str:
+    return pd.Timestamp(ts, unit="s", tz="UTC").strftime("%H:%M:%S.%f")[:-3] + " UTC"
+
+
+def _data_nodes(report: dict | None, topo: dict) -> None:
+    """The controller's last sample of the data nodes, what runs, and what the topology still wants."""
+    st.subheader("Data nodes")
+    if not report:
+        st.info("The controller has not reported on the data nodes yet.")
+    else:
+        running = report.get("running") or {}
+        cols = st.columns(2)
+        cols[0].metric("Replicas running", running.get("replicas", data_nodes.DASH))
+        cols[1].metric("Replication", running.get("replication", data_nodes.DASH))
+        interval_s = parameters.lag()["sample_interval_s"]
+        lag_label = f"replay lag (ms, {interval_s * 1000:g} ms resolution)"
+        rows = data_nodes.node_rows(report, lag_label)
+        if rows:
+            st.table(pd.DataFrame(rows).set_index("node"))
+        st.caption(f"Sampled by the controller at {_clock(report['at'])}. Replay lag is sampled every "
+                   f"{interval_s:g} s (`[lag]` in workbench/parameters.toml), so it is known to about "
+                   f"{interval_s * 1000:g} ms: a lag shorter than one sample shows as 0. WAL bytes: what the "
+                   "replica had still to replay. Apply delay: set on purpose by the topology (a stale or "
+                   "remote replica). Connections: client connections to the workbench database. Queries: "
+                   "answered since the stack started, as counted by the app servers.")
+    st.markdown("**Pending topology changes**")
+    if "error" in topo:
+        st.warning(f"The admin topology API did not answer: {topo['error']}")
+        progress = (report or {}).get("progress")
+    else:
+        pending = data_nodes.pending_rows(topo.get("pending"))
+        if pending:
+            st.table(pd.DataFrame(pending).set_index("field"))
+        else:
+            st.caption(f"None: what runs matches topology version {topo.get('version')}.")
+        progress = topo.get("progress")
+    st.caption(f"Controller: {progress}" if progress else "Controller: no topology work in progress.")
+
+
 def _events_table(events: list[dict]) -> pd.DataFrame:
     """The controller's event log: a time, the event, and whatever fields that event carries."""
     rows = []
     for event in events:
         fields = {k: v for k, v in event.items() if k not in ("ts", "event") and v is not None}
-        rows.append({"time": pd.Timestamp(event["ts"], unit="s", tz="UTC").strftime("%H:%M:%S.%f")[:-3] + " UTC"
-                     if "ts" in event else "", "event": event.get("event", ""),
+        rows.append({"time": _clock(event["ts"]) if "ts" in event else "", "event": event.get("event", ""),
                      "details": ", ".join(f"{k}={v}" for k, v in fields.items())})
     return pd.DataFrame(rows, columns=["time", "event", "details"])
 
@@ -88,6 +128,7 @@ def render():
 
     st.subheader("Processes")
     st.table(_process_table(procs))
+    _data_nodes(state.get("data_nodes"), client.topology())
 
     st.subheader("Entry points")
     st.markdown(f"- API (through Caddy): `{state['api_url']}`  \n"
