@@ -120,6 +120,9 @@ def retry_read(exc: Exception) -> bool:
     routing.retried, routing.read_alias = True, None
     try:
         connections[failed].close()  # a broken pooled connection is discarded, not reused
+        pool = connections[failed]._connection_pools.get(failed)
+        if pool is not None:
+            pool.check()  # and so are the pool's idle ones, which died with the node
     except Exception:  # noqa: BLE001 - the node is already known to be failing
         pass
     return True
