@@ -108,8 +108,10 @@ class Controller:
         self._save_pids()
         self.log("started", name=spec.name, pid=proc.pid, port=spec.port)
         if not proc.wait_healthy(timeout):
-            raise BringUpError(f"{spec.name} did not become healthy within {timeout:.0f}s "
-                               f"(exit code {proc.exited()}); see {spec.log_file}")
+            code = proc.exited()
+            what = (f"exited with code {code} after {time.time() - proc.started_at:.1f}s" if code is not None
+                    else f"did not become healthy within {timeout:.0f}s")
+            raise BringUpError(f"{spec.name} {what}; see {spec.log_file}")
         return proc
 
     def _manage(self, *args: str) -> None:

@@ -31,7 +31,7 @@ from api import queries
 from api.routing import nodes, stats
 from workbench import parameters, topology
 
-from . import binaries, postgres
+from . import binaries, ports, postgres
 from .process import as_user
 
 MAX_REPLICAS = 4
@@ -128,10 +128,14 @@ class DataNodes:
             self._say(f"copying the primary into {name} (pg_basebackup)")
             self._base_backup(index, data_dir)
         self._say(f"starting {name}")
+        port = self.cfg.replica_port(index)
+        if ports.in_use(port):
+            raise RuntimeError(f"port {port}, wanted for {name}, is in use: {ports.holder(port)}")
         spec = postgres.spec(name, data_dir, self.cfg.replica_port(index), self.cfg.log_dir / f"pg-{name}.log",
                              settings={"cluster_name": slot_name(index), "hot_standby_feedback": "on"})
         self.ctl._start(spec)
         self.ctl.log("replica_started", name=name, port=spec.port)
+        self.running = self.read_running()  # what runs is reported as each step lands
 
     def _base_backup(self, index: int, data_dir: Path) -> None:
         # A fresh slot keeps the primary from recycling WAL the replica has not received yet.
@@ -161,6 +165,7 @@ class DataNodes:
         # A retired replica's copy only goes staler; the next one starts from a fresh base backup.
         shutil.rmtree(self.cfg.data_dir / "pg" / name, ignore_errors=True)
         self.ctl.log("replica_retired", name=name)
+        self.running = self.read_running()
 
     def _drop_slot(self, index: int) -> None:
         self._sql("primary", "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
@@ -246,10 +251,12 @@ class DataNodes:
                     "extract(epoch FROM replay_lag) * 1000 FROM pg_stat_replication").fetchall()
             if not self.history or current > self.history[-1][1]:
                 self.history.append((now, current))
-            report_nodes["primary"] = {"healthy": True, "lag_ms": 0.0, "lag_bytes": 0}
+            report_nodes["primary"] = {"healthy": True, "state": "primary", "port": self.cfg.data_pg_port,
+                                       "lag_ms": 0.0, "lag_bytes": 0}
         except psycopg.Error:
             rows, current = [], None
-            report_nodes["primary"] = {"healthy": False, "lag_ms": 0.0, "lag_bytes": 0}
+            report_nodes["primary"] = {"healthy": False, "state": "down", "port": self.cfg.data_pg_port,
+                                       "lag_ms": None, "lag_bytes": None}
         streams = {r[0]: r for r in rows}
         with self.ctl.lock:
             procs = {n: p for n, p in self.ctl.procs.items() if n.startswith("replica-") and not p.retired}
@@ -274,8 +281,10 @@ class DataNodes:
                 if name in report_nodes:
                     report_nodes[name]["connections"] = count
         # Queries each node has answered since the stack started, as counted by the app workers.
+        # Meta is listed for its count only: its health is the process table's, not sampled here.
         for name, count in stats.totals(self.state).items():
-            report_nodes.setdefault(name, {"healthy": name == "meta"})["queries"] = count
+            if name in report_nodes or name == "meta":
+                report_nodes.setdefault(name, {})["queries"] = count
         return nodes.Report(time.time(), report_nodes, self.running, self.progress, self.version)
 
     last_connections: dict = {}

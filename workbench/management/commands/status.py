@@ -36,7 +36,7 @@ class Command(BaseCommand):
             self.stdout.write(f"{'DATA NODE':<14}{'HEALTH':<9}{'STATE':<11}{'LAG MS':>9}{'LAG BYTES':>11}"
                               f"{'CONNS':>7}{'QUERIES':>10}")
             for name, node in sorted(report["nodes"].items(), key=lambda kv: (kv[0] != "primary", kv[0])):
-                health = "healthy" if node.get("healthy") else "DOWN"
+                health = "-" if "healthy" not in node else "healthy" if node["healthy"] else "DOWN"
                 lag_ms = "-" if node.get("lag_ms") is None else f"{node['lag_ms']:.1f}"
                 lag_bytes = "-" if node.get("lag_bytes") is None else str(node["lag_bytes"])
                 self.stdout.write(f"{name:<14}{health:<9}{node.get('state', '-'):<11}{lag_ms:>9}{lag_bytes:>11}"
