@@ -2,8 +2,8 @@
 index `api_post_user_time` on and off, in one session, repetitions interleaved (on off on off ...).
 
 Each side is set through the admin topology API (`indexes.post_user_time`); the controller drops
-or rebuilds the index concurrently, and the command waits until the API reports nothing pending for
-it before measuring. Per side and repetition: the admin EXPLAIN of the posts page for a few fixed
+or rebuilds the index concurrently, and the command waits until the API reports nothing pending
+before measuring. Per side and repetition: the admin EXPLAIN of the posts page for a few fixed
 users, a closed-loop run (throughput) and an open-model run (latency from the intended send).
 The parameters are printed before the first run; the index is left on at the end.
 Writes its section into docs/benchmarks.md between its own markers.
@@ -15,8 +15,7 @@ from datetime import datetime, timezone
 import requests
 from django.core.management.base import BaseCommand, CommandError
 
-from api import queries
-from workbench.loadgen.client import RunClient, RunError
+from workbench.loadgen.client import RunClient, RunError, TopologyClient, TopologyError
 from workbench.loadgen.report import BENCHMARKS_DOC, emulation_note, write_doc_block
 from workbench.loadgen.runs import machine, versions
 from workbench.stack import config
@@ -28,35 +27,31 @@ WORKLOAD = {"read_ratio": 1.0, "reads": {"user_posts": 1}}  # GET /api/v1/users/
 SIDES = (("index on", True), ("index off", False))
 
 
-class Admin:
-    """The admin API with the controller's token: the topology toggle and EXPLAIN."""
+class Admin(TopologyClient):
+    """The admin API with the controller's token: the index toggle (through the topology) and EXPLAIN."""
 
     def __init__(self, cfg):
-        self.base = cfg.api_url + "/api/v1/admin"
-        self.headers = {"Authorization": f"Bearer {cfg.controller_token() or ''}"}
-
-    def _call(self, method: str, path: str, **kw) -> dict:
-        response = requests.request(method, self.base + path, headers=self.headers, timeout=120, **kw)
-        if response.status_code != 200:
-            raise CommandError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-        return response.json()["data"]
+        super().__init__(cfg)
+        self.api_url = cfg.api_url
 
     def set_index(self, on: bool, timeout: float) -> float:
         """Ask for the index on or off and wait until the controller has done it; returns seconds."""
         started = time.monotonic()
-        self._call("PATCH", "/topology", json={"indexes": {"post_user_time": on}})
-        while time.monotonic() - started < timeout:
-            data = self._call("GET", "/topology")
-            if not any(p["field"] == queries.INDEX_FIELD for p in data["pending"]):
-                return time.monotonic() - started
-            time.sleep(0.2)
-        raise CommandError(f"the controller did not apply {queries.INDEX_FIELD}={on} within {timeout:.0f}s")
+        try:
+            self.apply({"indexes": {"post_user_time": on}}, timeout=timeout)
+        except TopologyError as exc:
+            raise CommandError(str(exc)) from None
+        return time.monotonic() - started
 
     def explain(self, user_id: int) -> dict:
-        return {q["query"]: q for q in self._call("GET", "/explain", params={"user_id": user_id})["queries"]}
+        response = requests.get(self.api_url + "/api/v1/admin/explain", params={"user_id": user_id},
+                                headers=self.headers, timeout=120)
+        if response.status_code != 200:
+            raise CommandError(f"explain: {response.status_code} {response.text[:300]}")
+        return {q["query"]: q for q in response.json()["data"]["queries"]}
 
-    def first_users(self, count: int, api_url: str) -> list[int]:
-        response = requests.get(api_url + "/api/v1/users", params={"limit": count}, timeout=30)
+    def first_users(self, count: int) -> list[int]:
+        response = requests.get(self.api_url + "/api/v1/users", params={"limit": count}, timeout=30)
         response.raise_for_status()
         return [int(u["id"]) for u in response.json()["data"]["results"]]
 
@@ -81,7 +76,7 @@ class Command(BaseCommand):
                           f"open model {o['rate']:g} req/s, closed loop {o['connections']} connections, "
                           f"EXPLAIN of the first {o['explain_users']} users; workload {json.dumps(WORKLOAD)}; "
                           f"order {' / '.join(name for name, _ in SIDES)} per repetition")
-        users = admin.first_users(o["explain_users"], cfg.api_url)
+        users = admin.first_users(o["explain_users"])
         table = {name: {k: [] for k in ("thr", "p50", "p95", "valid", "errors", "explain_page", "explain_range",
                                         "plan", "settle_s", "runs")} for name, _ in SIDES}
         topology = None
