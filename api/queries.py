@@ -17,6 +17,9 @@ CREATE_INDEX = f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{SUPPORTING_INDEX}" ON
 DROP_INDEX = f'DROP INDEX CONCURRENTLY IF EXISTS "{SUPPORTING_INDEX}"'
 INDEX_STATE = "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s"
 INDEX_FIELD = "indexes.post_user_time"  # the topology field that toggles it
+# Held (pg_advisory_lock) by anything that rebuilds api_post's indexes, such as a bulk seed; the
+# controller's index toggle waits while it is held instead of racing it into a deadlock.
+INDEX_WORK_LOCK = 0x57425F49  # "WB_I"
 HOT = ("user_by_id", "posts_page", "posts_time_range")
 DEFAULT_RANGE = timedelta(days=30)      # the time range when the caller gives no bounds
 

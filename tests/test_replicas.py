@@ -206,6 +206,24 @@ def test_status_reports_the_data_nodes(replicas, stack_config):
     assert "replica-2" in text and "LAG MS" in text
 
 
+def test_a_replica_in_another_region(replicas, topology_admin, api_url):
+    """replica-2 "in another region": its queries pay the region round trip and it replays half a
+    round trip late; replica-1, local, does neither."""
+    data = topology_admin.apply({"read_policy": "round_robin",
+                                 "emulation": {"remote_replica": 2, "region_rtt_ms": 100}})
+    try:
+        assert data["topology"]["emulation"]["remote_replica"] == 2
+        assert topology_admin.data()["pending"] == []  # the controller set replica-2's apply delay to 50 ms
+        user = a_user(api_url)
+        timings = {}
+        for _ in range(10):
+            r = requests.get(f"{api_url}/users/{user['id']}", timeout=10)
+            timings.setdefault(r.headers["X-DB-Node"], []).append(r.elapsed.total_seconds())
+        assert min(timings["replica-2"]) >= 0.1 > min(timings["replica-1"]), timings
+    finally:
+        topology_admin.apply({"emulation": {"remote_replica": 0}})
+
+
 def _timed_write(api_url, user_id) -> float:
     started = time.perf_counter()
     r = requests.patch(f"{api_url}/users/{user_id}", json={"bio": uuid.uuid4().hex}, timeout=60)

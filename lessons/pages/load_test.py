@@ -309,6 +309,10 @@ def render_result(run: dict) -> None:
     if cpu["max_percent"] is not None and cpu["max_percent"] >= CPU_SATURATED:
         st.warning(f"The machine's CPU reached {cpu['max_percent']:g}% during the run: the generator and the stack "
                    "competed for it, so these figures are shared-CPU figures.")
+    topology = run.get("topology") or {}
+    emulation = report.emulation_note(topology)
+    (st.warning if emulation != report.emulation_note({}) else st.caption)(
+        f"Topology version {topology.get('version')}, {topology.get('replicas', 0)} replica(s); {emulation}.")
     with st.expander("Workload, topology, machine and versions (as saved with the run)"):
         st.json({k: run.get(k) for k in ("workload", "topology", "machine", "versions", "started_at")},
                 expanded=1)

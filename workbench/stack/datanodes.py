@@ -211,6 +211,10 @@ class DataNodes:
         if wanted == valid and (wanted or not state):
             return
         with psycopg.connect(self._url("primary"), autocommit=True, connect_timeout=2) as conn:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (queries.INDEX_WORK_LOCK,)).fetchone()[0]:
+                # A bulk load is rebuilding the indexes; a later pass does this once it is done.
+                self._say("waiting for a bulk load to finish before changing the index")
+                return
             if state:  # dropping it, or an invalid leftover of an interrupted CREATE ... CONCURRENTLY
                 self._say(f"dropping index {queries.SUPPORTING_INDEX}")
                 conn.execute(queries.DROP_INDEX)
@@ -218,6 +222,7 @@ class DataNodes:
                 self._say(f"building index {queries.SUPPORTING_INDEX} (concurrently)")
                 conn.execute(queries.CREATE_INDEX)
                 conn.execute("ANALYZE api_post")
+            # The lock goes with the session when this connection closes.
         self.ctl.log("index_set", index=queries.SUPPORTING_INDEX, present=wanted)
 
     def _wait(self, done, what: str, timeout: float = 30.0) -> None:

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from api.models import User
+from api.queries import INDEX_WORK_LOCK
 from api.routing import ids
 from api.routing.db import META, PRIMARY
 
@@ -76,6 +77,9 @@ class IndexesOff:
 
     def __enter__(self):
         with connections[self.alias].cursor() as cur:
+            # The controller's index toggle stays away until this is over (released in __exit__, or
+            # with the session if the seed dies).
+            cur.execute("SELECT pg_advisory_lock(%s)", [INDEX_WORK_LOCK])
             cur.execute("""SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), contype
                            FROM pg_constraint WHERE conrelid::regclass::text = ANY(%s) AND contype IN ('p','u','f')""",
                         [self.tables])
@@ -98,6 +102,7 @@ class IndexesOff:
                 cur.execute(definition)
             for table in self.tables:
                 cur.execute(f"ANALYZE {table}")
+            cur.execute("SELECT pg_advisory_unlock(%s)", [INDEX_WORK_LOCK])
 
 
 class Command(BaseCommand):
