@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from workbench import parameters
-from workbench.stack import config
+from workbench.stack import binaries, config
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ MAX_DB_NODES = 12                          # (replicas + 1) x shards on this mac
 SHARDS = 1                                 # fixed until sharding adds its own field
 # What the controller carries out (processes, server settings, DDL). Until what runs matches the
 # topology, each such field is reported as pending, with what runs now.
-CONTROLLED_FIELDS = ("replicas", "replication", "replica_delays_ms", "indexes.post_user_time", "app_servers")
+CONTROLLED_FIELDS = ("replicas", "replication", "replica_delays_ms", "indexes.post_user_time", "pgbouncer",
+                     "app_servers")
 # Recorded but not carried out by any controller code yet (the load-balancer issue starts app servers).
 NOT_CARRIED_OUT = {"app_servers"}
 
@@ -98,6 +99,9 @@ class Topology:
     replication: str = _choice("async", "async", "remote_write", "remote_apply")
     pool: bool = _bool(True)                         # pooled connections, or one per request
     pool_max: int = _int(8, 1, 64)                   # per node and app worker; pools keep min_size 0
+    # Route data-primary connections through a PgBouncer the controller runs (an external pooler:
+    # the app opens a connection per request to it, and it keeps the server connections).
+    pgbouncer: bool = _bool(False)
     app_servers: int = field(default_factory=_default_app_servers, metadata={"kind": "int", "low": 1, "high": 8})
     indexes: Indexes = _group(Indexes)
     emulation: Emulation = _group(Emulation)
@@ -126,7 +130,8 @@ class Topology:
         """The values of CONTROLLED_FIELDS, as the controller reports what runs."""
         return {"replicas": self.replicas, "replication": self.replication,
                 "replica_delays_ms": self.replica_delays_ms(),
-                "indexes.post_user_time": self.indexes.post_user_time, "app_servers": self.app_servers}
+                "indexes.post_user_time": self.indexes.post_user_time, "pgbouncer": self.pgbouncer,
+                "app_servers": self.app_servers}
 
 
 class TopologyError(ValueError):
@@ -199,8 +204,11 @@ def node_cap_error(replicas, shards) -> str | None:
     return None
 
 
-def parse(data: dict) -> Topology:
-    """A complete topology from `data`; absent fields take their defaults. Raises TopologyError."""
+def parse(data: dict, *, check_machine: bool = True) -> Topology:
+    """A complete topology from `data`; absent fields take their defaults. Raises TopologyError.
+    `check_machine` also checks what this machine must have (a PgBouncer binary); a stored
+    document was checked when it was written, and reading it back must not fail if that changed,
+    or no change (not even switching the field off) could be made any more."""
     errors: list[tuple[str, str]] = []
     topology = _build(Topology, data, "", errors)
     replicas = data.get("replicas") if isinstance(data, dict) else None
@@ -211,6 +219,8 @@ def parse(data: dict) -> Topology:
             errors.append(("replicas", message))
     if topology is not None:
         errors += _cross_checks(topology)
+        if check_machine:
+            errors += _machine_checks(topology)
     if errors:
         raise TopologyError(errors)
     return topology
@@ -225,6 +235,17 @@ def _cross_checks(t: Topology) -> list[tuple[str, str]]:
         index = getattr(t.emulation, name)
         if index > t.replicas:
             errors.append((f"emulation.{name}", f"replica-{index} does not exist with replicas={t.replicas}"))
+    return errors
+
+
+def _machine_checks(t: Topology) -> list[tuple[str, str]]:
+    """What this machine must have; the app servers and the controller run here, so it is checked here."""
+    errors = []
+    if t.pgbouncer:
+        try:
+            binaries.pgbouncer_bin()
+        except binaries.BinaryNotFound as exc:
+            errors.append(("pgbouncer", f"needs PgBouncer on this machine: {exc}"))
     return errors
 
 
@@ -298,7 +319,8 @@ class Store:
         if raw is None:
             return Document(Topology())
         stored = json.loads(raw)
-        return Document(parse(stored["topology"]), stored["version"], stored["updated_at"], stored["updated_by"])
+        return Document(parse(stored["topology"], check_machine=False), stored["version"], stored["updated_at"],
+                        stored["updated_by"])
 
     def version(self) -> int:
         return int(self.client.get(self.version_key) or 0)

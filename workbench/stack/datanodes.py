@@ -4,7 +4,8 @@ and reports what they are doing.
 - `apply` (its own thread) carries out the topology: streaming replicas made with
   `pg_basebackup -R` and started or retired, the replication mode (synchronous_standby_names and
   synchronous_commit on the primary), each replica's apply delay (recovery_min_apply_delay, for
-  the stale-read and region lessons), and the supporting index (query optimization).
+  the stale-read and region lessons), the supporting index (query optimization), and PgBouncer
+  in front of the primary when the topology asks for it (workbench/stack/pgbouncer.py).
 - `monitor` (another thread) samples every node each `sample_interval_s`: health, replay lag in
   WAL bytes and in milliseconds, connections. It publishes the sample with what runs and what is
   being done (api.routing.nodes), which the router, `status` and the admin API read.
@@ -31,7 +32,7 @@ from api import queries
 from api.routing import nodes, stats
 from workbench import parameters, topology
 
-from . import binaries, ports, postgres
+from . import binaries, pgbouncer, ports, postgres
 from .process import as_user
 
 MAX_REPLICAS = 4
@@ -104,6 +105,10 @@ class DataNodes:
         for name, delay in t.replica_delays_ms().items():
             self._set_apply_delay(name, delay)
         self._set_index(t.indexes.post_user_time)
+        if t.pgbouncer and not self._pgbouncer_running():
+            self._start_pgbouncer()
+        elif not t.pgbouncer and self._pgbouncer_running():
+            self._retire_pgbouncer()
         self.running = self.read_running()
 
     def read_running(self) -> dict:
@@ -115,7 +120,7 @@ class DataNodes:
         index = self._sql("primary", queries.INDEX_STATE, (queries.SUPPORTING_INDEX,))
         return {"replicas": len(names), "replication": self._replication_mode(),
                 "replica_delays_ms": delays, "indexes.post_user_time": bool(index and index[0][0]),
-                "app_servers": self.cfg.app_servers}
+                "pgbouncer": self._pgbouncer_running(), "app_servers": self.cfg.app_servers}
 
     def _say(self, progress: str) -> None:
         self.progress = progress
@@ -225,6 +230,59 @@ class DataNodes:
             # The lock goes with the session when this connection closes.
         self.ctl.log("index_set", index=queries.SUPPORTING_INDEX, present=wanted)
 
+    # --- PgBouncer, the optional external pooler (workbench/stack/pgbouncer.py) ---------------------
+    def _pgbouncer_running(self) -> bool:
+        with self.ctl.lock:
+            proc = self.ctl.procs.get(pgbouncer.NAME)
+        return proc is not None and not proc.retired
+
+    def _start_pgbouncer(self) -> None:
+        self._say("starting pgbouncer")
+        port = self.cfg.pgbouncer_port
+        if ports.in_use(port):
+            raise RuntimeError(f"port {port}, wanted for pgbouncer, is in use: {ports.holder(port)}")
+        try:
+            self.ctl._start(pgbouncer.spec(self.cfg))
+        except Exception:
+            self._retire_pgbouncer(grace_s=0)  # so the next pass tries again, not the supervisor forever
+            raise
+        self.ctl.log("pgbouncer_started", port=port)
+
+    def _retire_pgbouncer(self, grace_s: float = topology.REFRESH_S + nodes.REFRESH_S + 0.5) -> None:
+        self._say("stopping pgbouncer")
+        # The app servers stop opening connections through it once they see the topology (within
+        # about a second); then its safe shutdown (SIGINT) lets the requests still on it finish.
+        time.sleep(grace_s)
+        with self.ctl.lock:
+            proc = self.ctl.procs.get(pgbouncer.NAME)
+        if proc:
+            proc.retire()
+            with self.ctl.lock:
+                self.ctl.procs.pop(pgbouncer.NAME, None)
+            self.ctl._save_pids()
+        self.ctl.log("pgbouncer_retired")
+
+    def _sample_pgbouncer(self, report_nodes: dict, with_counts: bool) -> None:
+        """Its health from the process table (at once after a SIGKILL, so the app servers stop using
+        it) and, once a second, its pool counts from the admin console's SHOW POOLS."""
+        with self.ctl.lock:
+            proc = self.ctl.procs.get(pgbouncer.NAME)
+        if proc is None or proc.retired:
+            self.last_pools = {}
+            return
+        node = {"healthy": proc.exited() is None and proc.healthy, "state": "pooler", "port": proc.spec.port}
+        if with_counts:
+            try:
+                self.last_pools = pgbouncer.pools(self.cfg) if node["healthy"] else {}
+            except psycopg.Error:
+                self.last_pools = {}
+        node.update(self.last_pools)
+        if self.last_pools:  # its client connections; the primary's count holds its server connections
+            node["connections"] = self.last_pools["clients_active"] + self.last_pools["clients_waiting"]
+        report_nodes[pgbouncer.NAME] = node
+
+    last_pools: dict = {}
+
     def _wait(self, done, what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while not done():
@@ -290,6 +348,7 @@ class DataNodes:
         for name, count in stats.totals(self.state).items():
             if name in report_nodes or name == "meta":
                 report_nodes.setdefault(name, {})["queries"] = count
+        self._sample_pgbouncer(report_nodes, with_connections)
         return nodes.Report(time.time(), report_nodes, self.running, self.progress, self.version)
 
     last_connections: dict = {}

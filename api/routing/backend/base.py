@@ -2,15 +2,33 @@
 
 - Pooling (Phase 3): with the topology's `pool` on, a connection comes from a psycopg pool per node
   and app worker (min_size 0, max_size `pool_max`); off, each request opens its own connection.
-  The choice is made per connection, so a toggle never strands a pooled connection.
+  With `pgbouncer` on, and the controller reporting it running and healthy, the primary's
+  connections go to PgBouncer instead, a new one per request and never from the app's pool: the
+  external pooler keeps the server connections. If PgBouncer refuses a connection (it may be
+  restarting), that connection goes to the primary directly. Each choice is made per connection
+  and kept until it closes, so a toggle never strands a pooled connection.
 - Emulation: a query on a data node first waits out the injected round trip, holding one of the
   node's slots (api.routing.emulation).
 - Visibility: per-node query counters (api.routing.stats) and the nodes a request used (X-DB-Node).
 """
+import logging
+
+from django.conf import settings
 from django.db.backends.postgresql import base
 
-from api.routing import db, emulation, stats
+from api.routing import db, emulation, nodes, stats
 from workbench import topology
+
+log = logging.getLogger(__name__)
+
+
+def pgbouncer_ready() -> bool:
+    """The topology wants PgBouncer and the controller's fresh report has it running and healthy."""
+    if not topology.current().topology.pgbouncer:
+        return False
+    report = nodes.current()
+    return (report.fresh() and bool(report.running.get("pgbouncer"))
+            and bool(report.nodes.get("pgbouncer", {}).get("healthy")))
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -18,11 +36,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
         super().__init__(*args, **kwargs)
         self.node = db.node_name(self.alias)
         self.pooled: bool | None = None  # how the open connection was made; None when closed
+        self.via_pgbouncer: bool | None = None  # likewise: whether it goes through PgBouncer
         self.execute_wrappers.append(self._observe)
 
     @property
     def pool(self):
-        if self.pooled is False or (self.pooled is None and not topology.current().topology.pool):
+        if (self.via_pgbouncer or self.pooled is False
+                or (self.pooled is None and not topology.current().topology.pool)):
             return None
         pool = base.DatabaseWrapper.pool.fget(self)
         if pool is not None:
@@ -30,6 +50,27 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if pool.max_size != size:
                 pool.resize(min_size=0, max_size=size)
         return pool
+
+    def connect(self):
+        self.via_pgbouncer = self.alias == db.PRIMARY and pgbouncer_ready()
+        try:
+            try:
+                return super().connect()
+            except self.Database.OperationalError as exc:
+                if not self.via_pgbouncer:
+                    raise
+                log.warning("PgBouncer refused a connection; this one goes to the primary directly: %s", exc)
+                self.via_pgbouncer = False
+                return super().connect()
+        except BaseException:
+            self.via_pgbouncer = None
+            raise
+
+    def get_connection_params(self):
+        params = super().get_connection_params()
+        if self.via_pgbouncer:  # only while connect() opens a connection through it
+            params["host"], params["port"] = "127.0.0.1", settings.STACK.pgbouncer_port
+        return params
 
     def get_new_connection(self, conn_params):
         self.pooled = None
@@ -44,7 +85,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         try:
             return super()._close()
         finally:
-            self.pooled = None
+            self.pooled = self.via_pgbouncer = None
 
     def _observe(self, execute, sql, params, many, context):
         if self.alias not in db.DATA_ALIASES:

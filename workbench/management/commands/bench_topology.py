@@ -4,7 +4,7 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
 
   replicas     read throughput and p95 with 0, 1 and 2 replicas, emulation off and on (RTT sweep)
   replication  the write cost of async vs remote_write vs remote_apply (1 replica)
-  pooling      a new connection per request vs pooled connections
+  pooling      a new connection per request vs pooled connections vs PgBouncer
 """
 import json
 import statistics
@@ -48,7 +48,9 @@ def suites() -> dict:
         "pooling": ("Connection pooling",
                     "GET /users/{id} only, 0 replicas",
                     POINT_READS, [("pooled (psycopg pool per node and worker)", {"pool": True}),
-                                  ("a new connection per request", {"pool": False})]),
+                                  ("a new connection per request", {"pool": False}),
+                                  ("PgBouncer (session mode), a new client connection per request",
+                                   {"pool": False, "pgbouncer": True})]),
     }
 
 
