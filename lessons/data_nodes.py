@@ -16,10 +16,10 @@ def _order(name: str) -> tuple:
 
 
 def _health(name: str, node: dict) -> str:
-    if name == "primary" or (name.startswith("replica-") and "state" in node):
-        return "healthy" if node.get("healthy") else "DOWN"
-    if name.startswith("replica-"):  # only a query counter left: a replica that no longer runs
+    if name.startswith("replica-") and "state" not in node:  # only a counter left: it no longer runs
         return "not running"
+    if "healthy" in node and name != "meta":  # the primary, a running replica, PgBouncer
+        return "healthy" if node["healthy"] else "DOWN"
     return DASH  # meta: the controller counts its queries but does not sample it
 
 

@@ -4,6 +4,7 @@ stack is never touched. In-process tests use pytest-django's test databases on t
 """
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -143,3 +144,37 @@ class TopologyAdmin(TopologyClient):
 @pytest.fixture(scope="session")
 def topology_admin(stack, stack_config):
     return TopologyAdmin(stack_config)
+
+
+class Background:
+    """`threads` threads calling `send(session)` until the block ends (at most `limit` calls each),
+    for faults injected under load. `results` holds (monotonic start, response, or the exception's
+    name when the request itself failed)."""
+
+    def __init__(self, send, threads: int = 4, limit: int = 3000):
+        self.send, self.limit = send, limit
+        self.results: list = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._loop) for _ in range(threads)]
+
+    def _loop(self):
+        with requests.Session() as http:
+            for _ in range(self.limit):
+                if self.stop.is_set():
+                    return
+                started = time.monotonic()
+                try:
+                    outcome = self.send(http)
+                except requests.RequestException as exc:
+                    outcome = type(exc).__name__
+                self.results.append((started, outcome))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join()

@@ -4,7 +4,6 @@ request, few server connections), a SIGKILL of it restarted by the supervisor wi
 write once it is healthy again, and retiring it. Skipped where PgBouncer is not installed."""
 import os
 import signal
-import threading
 import time
 import uuid
 
@@ -14,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from conftest import wait_for
+from conftest import Background, wait_for
 from api.routing import nodes
 from workbench import topology
 from workbench.stack import binaries, pgbouncer, ports
@@ -131,23 +130,9 @@ def test_a_sigkilled_pgbouncer_is_restarted_and_writes_carry_on(bouncer, api_url
     wait_for(lambda: app_uses_pgbouncer(stack_config), timeout=30, what="PgBouncer running and healthy")
     workers_follow()
     user = new_user()
-    results, stop = [], threading.Event()  # (monotonic start, status code or error)
-
-    def writer():
-        with requests.Session() as http:
-            while not stop.is_set():
-                started = time.monotonic()
-                try:
-                    code = create_post(api_url, user["id"], http).status_code
-                except requests.RequestException as exc:
-                    code = type(exc).__name__
-                results.append((started, code))
-
-    threads = [threading.Thread(target=writer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        wait_for(lambda: len(results) > 40, timeout=30, what="writes to flow")
+    load = Background(lambda http: create_post(api_url, user["id"], http))
+    with load:
+        wait_for(lambda: len(load.results) > 40, timeout=30, what="writes to flow")
         victim = controller.process("pgbouncer")["pid"]
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -156,13 +141,10 @@ def test_a_sigkilled_pgbouncer_is_restarted_and_writes_carry_on(bouncer, api_url
         wait_for(lambda: app_uses_pgbouncer(stack_config), timeout=60, what="PgBouncer healthy in the report")
         healthy_at = time.monotonic()
         through_before = bouncer_stats(stack_config)["total_xact_count"]
-        wait_for(lambda: sum(1 for s, _ in results if s > healthy_at) >= 100, timeout=120,
+        wait_for(lambda: sum(1 for s, _ in load.results if s > healthy_at) >= 100, timeout=120,
                  what="100 writes after PgBouncer is healthy again")
         through_after = bouncer_stats(stack_config)["total_xact_count"]
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
+    results = [(s, r if isinstance(r, str) else r.status_code) for s, r in load.results]
     during = [(round(s - killed_at, 3), c) for s, c in results if killed_at - 1 <= s <= healthy_at and c != 201]
     after = [(round(s - killed_at, 3), c) for s, c in results if s > healthy_at and c != 201]
     print(f"\n{len(results)} writes; healthy again {healthy_at - killed_at:.2f}s after the SIGKILL; failed "

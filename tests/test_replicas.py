@@ -4,7 +4,6 @@ SIGKILLed under reads, synchronous replication, the pooling toggle and the injec
 import json
 import os
 import signal
-import threading
 import time
 import uuid
 
@@ -13,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from conftest import wait_for
+from conftest import Background, wait_for
 from api.routing import nodes, stats
 
 
@@ -152,23 +151,9 @@ def test_a_replica_sigkilled_under_reads_fails_no_read(replicas, api_url, contro
     """Readers run while replica-1's postmaster is SIGKILLed: every read succeeds (a failed one is
     retried on another node), and the controller takes it out of rotation and back."""
     user = a_user(api_url)
-    failures, answered, retried, stop = [], [], [], threading.Event()
-
-    def reader():
-        with requests.Session() as http:
-            for _ in range(3000):
-                if stop.is_set():
-                    return
-                r = http.get(f"{api_url}/users/{user['id']}", timeout=30)
-                (answered if r.status_code == 200 else failures).append((r.status_code, r.headers.get("X-DB-Node")))
-                if "X-DB-Retried-From" in r.headers:
-                    retried.append((r.headers["X-DB-Retried-From"], r.headers["X-DB-Node"]))
-
-    threads = [threading.Thread(target=reader) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        wait_for(lambda: len(answered) > 40, timeout=30, what="reads to flow")
+    load = Background(lambda http: http.get(f"{api_url}/users/{user['id']}", timeout=30))
+    with load:
+        wait_for(lambda: len(load.results) > 40, timeout=30, what="reads to flow")
         victim = controller.process("replica-1")["pid"]
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -177,14 +162,14 @@ def test_a_replica_sigkilled_under_reads_fails_no_read(replicas, api_url, contro
         noticed_s = time.monotonic() - killed_at
         wait_for(lambda: report(stack_config).nodes["replica-1"]["healthy"], timeout=60,
                  what="replica-1 to be restarted and back in rotation")
-        mark = len(answered)
-        wait_for(lambda: any(node == "replica-1" for _, node in answered[mark:]), timeout=30,
-                 what="reads on replica-1 again")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    print(f"\ncontroller noticed the SIGKILLed replica after {noticed_s:.3f}s; {len(answered)} reads, "
+        back_at = time.monotonic()
+        wait_for(lambda: any(s > back_at and not isinstance(r, str) and r.headers.get("X-DB-Node") == "replica-1"
+                             for s, r in load.results), timeout=30, what="reads on replica-1 again")
+    failures = [r if isinstance(r, str) else r.status_code for _, r in load.results
+                if isinstance(r, str) or r.status_code != 200]
+    retried = [r.headers["X-DB-Retried-From"] for _, r in load.results
+               if not isinstance(r, str) and "X-DB-Retried-From" in r.headers]
+    print(f"\ncontroller noticed the SIGKILLed replica after {noticed_s:.3f}s; {len(load.results)} reads, "
           f"{len(failures)} failed, {len(retried)} retried on another node: {retried[:3]}")
     assert failures == [], failures[:5]
     events = controller.events()
