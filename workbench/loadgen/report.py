@@ -1,6 +1,7 @@
 """Text tables of runs, for the terminal and docs/benchmarks.md."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 BENCHMARKS_DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
@@ -17,6 +18,27 @@ def write_doc_block(name: str, text: str, heading: str, doc_path: Path = BENCHMA
     else:
         doc += f"\n## {heading}\n\n{block}\n"
     doc_path.write_text(doc)
+
+
+def median(values):
+    """The median of the figures there are (an invalid run adds None), or None."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def new_row() -> dict:
+    return {"thr": [], "p50": [], "p95": [], "valid": [], "runs": []}
+
+
+def record_pair(row: dict, closed: dict, opened: dict) -> None:
+    """One repetition of a benchmark case: closed-loop throughput and open-model latency. A run
+    that is INVALID (the generator set the pace) is counted as such and adds no figure."""
+    c, o = closed["summary"], opened["summary"]
+    row["thr"].append(c["achieved_rps"] if c["valid"] else None)
+    row["p50"].append(o["latency"]["p50_ms"] if o["valid"] else None)
+    row["p95"].append(o["latency"]["p95_ms"] if o["valid"] else None)
+    row["valid"].append(c["valid"] and o["valid"])
+    row["runs"] += [closed["id"], opened["id"]]
 
 
 def emulation_note(topology: dict | None) -> str:

@@ -2,14 +2,13 @@
 (A B C A B C ...) so drift on a noisy machine hits every case alike; medians, then ratios to the
 baseline through the same entry point. Writes the table into docs/benchmarks.md."""
 import json
-import statistics
 from datetime import datetime, timezone
 
 from django.core.management.base import BaseCommand, CommandError
 
 from workbench.loadgen.client import RunClient, RunError
 from workbench.loadgen.ramp import find_capacity
-from workbench.loadgen.report import BENCHMARKS_DOC, write_doc_block
+from workbench.loadgen.report import BENCHMARKS_DOC, median as _median, new_row, record_pair, write_doc_block
 from workbench.loadgen.runs import machine, versions
 from workbench.stack import config
 
@@ -41,7 +40,7 @@ class Command(BaseCommand):
     def handle(self, *args, **o):
         cfg = config.load()
         client = RunClient(cfg)
-        table = {name: {"thr": [], "p50": [], "p95": [], "valid": [], "runs": []} for name, _ in cases(cfg)}
+        table = {name: new_row() for name, _ in cases(cfg)}
         try:
             for rep in range(o["repeats"]):
                 for name, extra in cases(cfg):
@@ -49,12 +48,7 @@ class Command(BaseCommand):
                                          "duration_s": o["duration"]}, f"bench {name} closed #{rep + 1}")
                     opened = client.run({**extra, "mode": "open", "rate": o["rate"], "duration_s": o["duration"]},
                                         f"bench {name} open #{rep + 1}")
-                    row = table[name]
-                    row["thr"].append(closed["summary"]["achieved_rps"])
-                    row["p50"].append(opened["summary"]["latency"]["p50_ms"])
-                    row["p95"].append(opened["summary"]["latency"]["p95_ms"])
-                    row["valid"].append(opened["summary"]["valid"])
-                    row["runs"] += [closed["id"], opened["id"]]
+                    record_pair(table[name], closed, opened)
                     self.stdout.write(f"  #{rep + 1} {name}: {closed['summary']['achieved_rps']} req/s closed; "
                                       f"open p95 {opened['summary']['latency']['p95_ms']} ms "
                                       f"({'valid' if opened['summary']['valid'] else 'INVALID'})")
@@ -69,11 +63,6 @@ class Command(BaseCommand):
         if not o["no_write"]:
             write_doc_block("bench", text, "The bench table")
             self.stdout.write(f"written to {BENCHMARKS_DOC}")
-
-
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def render(cfg, table, ramp, o) -> str:

@@ -16,11 +16,10 @@ import requests
 from django.core.management.base import BaseCommand, CommandError
 
 from workbench.loadgen.client import RunClient, RunError, TopologyClient, TopologyError
-from workbench.loadgen.report import BENCHMARKS_DOC, emulation_note, write_doc_block
+from workbench.loadgen.report import BENCHMARKS_DOC, emulation_note, median as _median, record_pair, write_doc_block
 from workbench.loadgen.runs import machine, versions
 from workbench.stack import config
 
-from .bench import _median
 
 SECTION = "Query optimization: the supporting index"
 WORKLOAD = {"read_ratio": 1.0, "reads": {"user_posts": 1}}  # GET /api/v1/users/{id}/posts?limit=20
@@ -96,12 +95,8 @@ class Command(BaseCommand):
                                         f"bench_index {name} open #{rep + 1}")
                     topology = topology or opened["topology"]
                     s = opened["summary"]
-                    row["thr"].append(closed["summary"]["achieved_rps"])
-                    row["p50"].append(s["latency"]["p50_ms"])
-                    row["p95"].append(s["latency"]["p95_ms"])
-                    row["valid"].append(s["valid"])
+                    record_pair(row, closed, opened)
                     row["errors"].append(closed["summary"]["error_count"] + s["error_count"])
-                    row["runs"] += [closed["id"], opened["id"]]
                     self.stdout.write(
                         f"  #{rep + 1} {name}: applied in {row['settle_s'][-1]:.1f} s; EXPLAIN posts page "
                         f"{row['explain_page'][-1]} ms ({row['plan'][-1]}); {closed['summary']['achieved_rps']} "
@@ -135,10 +130,11 @@ def render(cfg, table, topology, o) -> str:
         f"interleaved (on, off, on, off, ...); medians. Throughput: closed loop, {o['connections']} connections, "
         f"{o['duration']:g} s. Latency: open model at {o['rate']:g} req/s for {o['duration']:g} s, timed from the "
         f"intended send. EXPLAIN: `GET /api/v1/admin/explain` for the first {o['explain_users']} users by id, "
-        f"once per side and repetition. Each side starts once the controller has applied the toggle.",
+        f"once per side and repetition. Each side starts once the controller has applied the toggle. "
+        f"A repetition with an INVALID run (the generator set the pace) adds no figure to the medians.",
         "",
         "| side | throughput (req/s) | p50 (ms) | p95 (ms) | EXPLAIN posts page (ms) | EXPLAIN time range (ms) "
-        "| posts page plan | toggle applied in (s) | open runs valid | errors |",
+        "| posts page plan | toggle applied in (s) | repetitions valid | errors |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
@@ -158,5 +154,5 @@ def render(cfg, table, topology, o) -> str:
 
 
 def _pairs(a: list, b: list) -> str:
-    return ", ".join(f"{x} / {y}" for x, y in zip(a, b))
+    return ", ".join(" / ".join("invalid" if v is None else str(v) for v in pair) for pair in zip(a, b))
 

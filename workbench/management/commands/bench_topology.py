@@ -7,14 +7,13 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
   pooling      a new connection per request vs pooled connections vs PgBouncer
 """
 import json
-import statistics
 from datetime import datetime, timezone
 
 from django.core.management.base import BaseCommand, CommandError
 
 from workbench import parameters
 from workbench.loadgen.client import RunClient, RunError, TopologyClient, TopologyError
-from workbench.loadgen.report import BENCHMARKS_DOC, write_doc_block
+from workbench.loadgen.report import BENCHMARKS_DOC, median as _median, new_row, record_pair, write_doc_block
 from workbench.loadgen.runs import machine, versions
 from workbench.stack import config
 
@@ -54,11 +53,6 @@ def suites() -> dict:
     }
 
 
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
 class Command(BaseCommand):
     help = "Measure a suite of topology toggles (replicas, replication, pooling) and write it to docs/benchmarks.md."
     requires_system_checks = []
@@ -77,7 +71,7 @@ class Command(BaseCommand):
         heading, what, workload, cases = suites()[o["suite"]]
         self.stdout.write(f"suite {o['suite']}: {len(cases)} cases x {o['repeats']} repetitions; closed "
                           f"{o['connections']} connections and open {o['rate']:g} req/s, {o['duration']:g} s each")
-        table = {label: {"thr": [], "p50": [], "p95": [], "valid": [], "runs": []} for label, _ in cases}
+        table = {label: new_row() for label, _ in cases}
         try:
             before = topo.data()["topology"]
             try:
@@ -90,12 +84,7 @@ class Command(BaseCommand):
                         opened = runs.run({**workload, "mode": "open", "rate": o["rate"], "duration_s": o["duration"]},
                                           f"bench {o['suite']} {label} open #{rep + 1}")
                         row = table[label]
-                        row["thr"].append(closed["summary"]["achieved_rps"] if closed["summary"]["valid"] else None)
-                        row["p50"].append(opened["summary"]["latency"]["p50_ms"])
-                        row["p95"].append(opened["summary"]["latency"]["p95_ms"])
-                        row["valid"].append(opened["summary"]["valid"] and closed["summary"]["valid"]
-                                            and not opened["summary"]["error_count"])
-                        row["runs"] += [closed["id"], opened["id"]]
+                        record_pair(row, closed, opened)
                         self.stdout.write(f"  #{rep + 1} {label}: {closed['summary']['achieved_rps']} req/s closed; "
                                           f"open p50 {opened['summary']['latency']['p50_ms']} ms, p95 "
                                           f"{opened['summary']['latency']['p95_ms']} ms "
