@@ -278,6 +278,32 @@ def test_the_injected_round_trip(topology_admin, stack, stack_config):
     assert slow >= 0.06 > fast, (slow, fast)
 
 
+def _concurrent_reads(url: str, n: int) -> float:
+    """Seconds for n reads sent at once (each through Caddy, spread over every app worker)."""
+    from concurrent.futures import ThreadPoolExecutor
+    started = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        assert all(r.status_code == 200 for r in pool.map(lambda _: requests.get(url, timeout=30), range(n)))
+    return time.perf_counter() - started
+
+
+def test_the_node_concurrency_limit_queues_queries(topology_admin, stack):
+    """Emulation with a 150 ms round trip: with one slot on the primary, 4 reads at once (in
+    different app workers) take their turns, over 4 x 150 ms; with 4 slots they overlap."""
+    url = stack["api_url"] + "/api/v1/users/" + str(a_user(stack["api_url"] + "/api/v1")["id"])
+    try:
+        topology_admin.apply({"emulation": {"enabled": True, "rtt_ms": 150, "node_concurrency": 1}}, replace=True)
+        time.sleep(1.5)  # every worker has the change
+        one_slot = _concurrent_reads(url, 4)
+        topology_admin.apply({"emulation": {"enabled": True, "rtt_ms": 150, "node_concurrency": 4}}, replace=True)
+        time.sleep(1.5)
+        four_slots = _concurrent_reads(url, 4)
+    finally:
+        topology_admin.apply({}, replace=True)
+    print(f"\n4 concurrent reads, 150 ms round trip: 1 slot {one_slot:.2f}s, 4 slots {four_slots:.2f}s")
+    assert one_slot >= 0.6 > four_slots, (one_slot, four_slots)
+
+
 def test_the_node_limit_holds_across_processes(tmp_path):
     """The per-node slots are flock(2) locks: a second process cannot take a held slot."""
     import subprocess

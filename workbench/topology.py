@@ -75,7 +75,7 @@ class Emulation:
     runs at once. A replica can also be lagged on purpose (stale reads) or placed in another region."""
     enabled: bool = _bool(False)
     rtt_ms: float = _number(_EMULATION["rtt_ms"], 0, 500)
-    node_concurrency: int = _int(_EMULATION["node_concurrency"], 0, 1024)  # 0: no limit
+    node_concurrency: int = _int(_EMULATION["node_concurrency"], 0, 64)  # 0: no limit; a lock file per slot
     stale_replica: int = _int(0, 0, 4)                   # 0: none; else this replica replays late
     apply_delay_ms: float = _number(_EMULATION["stale_apply_delay_ms"], 0, 600_000)
     remote_replica: int = _int(0, 0, 4)                  # 0: none; else this replica is in another region

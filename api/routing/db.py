@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import logging
 import random
 import re
 import threading
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from workbench import topology
 
 from . import nodes
+
+log = logging.getLogger(__name__)
 
 DATA_MODELS = {"user", "post"}
 PRIMARY = "primary"
@@ -139,7 +142,10 @@ def note_write(client_id: str | None) -> None:
     window = topology.current().topology.read_your_writes_s
     if window > 0 and client_id and CLIENT_ID.match(client_id):
         from api.state import state_client
-        state_client().set(RYW_KEY.format(client_id), 1, px=int(window * 1000))
+        try:
+            state_client().set(RYW_KEY.format(client_id), 1, px=int(window * 1000))
+        except Exception as exc:  # noqa: BLE001 - the write is done; it must not turn into an error
+            log.warning("read-your-writes window for %s not recorded: %s", client_id, exc)
 
 
 def _wrote_recently(client_id: str) -> bool:
