@@ -177,6 +177,21 @@ def test_a_replica_sigkilled_under_reads_fails_no_read(replicas, api_url, contro
     assert any(e["event"] == "replica_out_of_rotation" and e.get("name") == "replica-1" for e in events)
 
 
+def test_replicas_retired_and_made_again_fail_no_read(replicas, topology_admin, api_url):
+    """Every worker's pools hold connections to the replicas; retiring them and making new ones
+    (new processes on the same ports) must not turn those dead connections into failed reads."""
+    user = a_user(api_url)
+    url = f"{api_url}/users/{user['id']}"
+    with requests.Session() as http:
+        assert all(http.get(url, timeout=10).status_code == 200 for _ in range(40))  # fill the pools
+        topology_admin.apply({"replicas": 0})
+        topology_admin.apply({"replicas": 2})
+        time.sleep(nodes.REFRESH_S + 0.1)  # every worker has the new report
+        answers = [http.get(url, timeout=10) for _ in range(60)]
+    assert [r.status_code for r in answers] == [200] * 60
+    assert {r.headers["X-DB-Node"] for r in answers} >= {"replica-1", "replica-2"}
+
+
 def test_status_reports_the_data_nodes(replicas, stack_config):
     import subprocess
     import sys

@@ -9,7 +9,7 @@ primary, which streams to up to four read replicas (aliases `replica-1` ... `rep
   down or behind `max_lag_ms` (api.routing.nodes), or when it failed here moments ago.
 - Read-your-writes: after a client's write, its reads go to the primary for `read_your_writes_s`.
   The client is the `X-Client-Id` header until the gateway adds tokens.
-- A read that fails on a replica is retried once on another node (see ApiView.handle_exception).
+- A read that fails on a replica is retried once, on the primary (see ApiView.handle_exception).
 Outside a request (management commands, the reconciler) everything uses the primary.
 """
 from __future__ import annotations
@@ -99,6 +99,7 @@ def choose(routing: RequestRouting) -> str:
                   if r not in routing.avoid and _suspects.get(r, 0) < now]
     if not candidates:
         return PRIMARY
+    _follow_restarts(report, candidates)
     if t.read_policy == "random":
         return random.choice(candidates)
     if t.read_policy == "least_lag":
@@ -108,27 +109,51 @@ def choose(routing: RequestRouting) -> str:
 
 
 def retry_read(exc: Exception) -> bool:
-    """After a database error in a read-only request on a replica: avoid that replica and say
-    whether to run the request once more (at most once)."""
-    from django.db import DatabaseError, connections
-
+    """After a database error in a read-only request on a replica: say whether to run the request
+    once more (at most once), on the primary, which is always there and never behind. The replica
+    is avoided here for a while, and its pool's dead idle connections are dropped."""
     routing = _request.get()
-    if (routing is None or routing.retried or not isinstance(exc, DatabaseError)
-            or routing.read_alias not in REPLICAS):
+    if routing is None or routing.retried or not _is_db_error(exc) or routing.read_alias not in REPLICAS:
         return False
     failed = routing.read_alias
     with _suspects_lock:
         _suspects[failed] = time.monotonic() + SUSPECT_S
     routing.avoid.add(failed)
-    routing.retried, routing.read_alias = True, None
+    routing.retried, routing.read_alias = True, PRIMARY
+    _purge(failed)
+    return True
+
+
+def _is_db_error(exc: Exception) -> bool:
+    from django.db import DatabaseError
+    return isinstance(exc, DatabaseError)
+
+
+def _purge(alias: str) -> None:
+    """Drop this thread's connection to `alias` and every idle pooled one that no longer works
+    (after the node died, restarted, or was retired)."""
+    from django.db import connections
     try:
-        connections[failed].close()  # a broken pooled connection is discarded, not reused
-        pool = connections[failed]._connection_pools.get(failed)
+        connections[alias].close()
+        pool = connections[alias]._connection_pools.get(alias)
         if pool is not None:
-            pool.check()  # and so are the pool's idle ones, which died with the node
+            pool.check()
     except Exception:  # noqa: BLE001 - the node is already known to be failing
         pass
-    return True
+
+
+_seen_pids: dict[str, int] = {}
+
+
+def _follow_restarts(report, candidates: list[str]) -> None:
+    """A replica with a new process (restarted after a crash, or retired and made again) leaves
+    dead connections in this worker's pool: drop them before the first read goes there."""
+    for name in candidates:
+        pid = report.nodes.get(name, {}).get("pid")
+        if pid is not None and _seen_pids.get(name) != pid:
+            if name in _seen_pids:
+                _purge(name)
+            _seen_pids[name] = pid
 
 
 def note_query(alias: str) -> None:

@@ -20,7 +20,7 @@ class ApiView(APIView):
                 raise NotFound(name, f"No such {name.removesuffix('_id')}: `{name}` is beyond 2^63-1.")
 
     def handle_exception(self, exc):
-        # A read that failed on a replica runs once more on another node, so no read fails for it.
+        # A read that failed on a replica runs once more, on the primary, so no read fails for it.
         if db.retry_read(exc):
             try:
                 return getattr(self, self.request.method.lower())(self.request, *self.args, **self.kwargs)

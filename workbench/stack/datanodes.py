@@ -328,7 +328,7 @@ class DataNodes:
             alive = proc.exited() is None
             streaming = row is not None and row[1] == "streaming" and row[3] is not None
             node = {"healthy": alive and streaming and current is not None, "state": row[1] if row else "down",
-                    "sync_state": row[2] if row else None, "port": proc.spec.port}
+                    "sync_state": row[2] if row else None, "port": proc.spec.port, "pid": proc.pid}
             if streaming and current is not None:
                 replay = int(row[3])
                 node["lag_bytes"] = max(current - replay, 0)
