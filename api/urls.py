@@ -12,4 +12,5 @@ urlpatterns = [
     path("users/<id64:user_id>/posts/<id64:post_id>", v1.PostDetailView.as_view()),
     path("admin/topology", admin.TopologyView.as_view()),
     path("admin/explain", admin.ExplainView.as_view()),
+    path("admin/nodes", admin.NodesView.as_view()),
 ]

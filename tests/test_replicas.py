@@ -192,6 +192,20 @@ def test_replicas_retired_and_made_again_fail_no_read(replicas, topology_admin, 
     assert {r.headers["X-DB-Node"] for r in answers} >= {"replica-1", "replica-2"}
 
 
+def test_the_admin_api_reports_the_data_nodes(replicas, stack, stack_config):
+    url = stack["api_url"] + "/api/v1/admin/nodes"
+    assert requests.get(url, timeout=10).status_code == 401
+    response = requests.get(url, headers={"Authorization": f"Bearer {stack_config.controller_token()}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["fresh"] and data["age_s"] < 5
+    assert data["running"]["replicas"] == 2
+    for name in ("replica-1", "replica-2"):
+        node = data["nodes"][name]
+        assert node["healthy"] and node["state"] == "streaming" and node["lag_bytes"] is not None
+        assert node["lag_ms"] is not None and node["connections"] is not None
+
+
 def test_status_reports_the_data_nodes(replicas, stack_config):
     import subprocess
     import sys

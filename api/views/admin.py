@@ -73,6 +73,21 @@ class TopologyView(AdminView):
         return Response(doc.to_dict(topology.report()))
 
 
+class NodesView(AdminView):
+    """The data nodes as the controller last sampled them: health, replication state, replay lag in
+    ms and WAL bytes, connections, queries answered; what runs, and what the controller is doing."""
+
+    @extend_schema(operation_id="admin_nodes_get", responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        try:
+            report = topology.report()
+        except redis.RedisError as exc:
+            raise Unavailable(f"The state Valkey is unavailable: {type(exc).__name__}.") from None
+        age = datetime.now(timezone.utc).timestamp() - report.at if report.at else None
+        return Response({**report.to_dict(), "age_s": round(age, 3) if age is not None else None,
+                         "fresh": report.fresh()})
+
+
 class ExplainView(AdminView):
     """`EXPLAIN (ANALYZE, BUFFERS)` of the hot queries for one user, on the node the router picks
     for this read: a user by id, the user's first posts page (newest first), and the user's posts
