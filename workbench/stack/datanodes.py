@@ -10,10 +10,13 @@ and reports what they are doing.
   WAL bytes and in milliseconds, connections. It publishes the sample with what runs and what is
   being done (api.routing.nodes), which the router, `status` and the admin API read.
 
-Lag in milliseconds is measured from the primary's side: the monitor remembers when it first saw
-each WAL position, so a replica that has not replayed position P is at least (now - first time P
-was seen) behind. That is exact to one sample interval, and unlike pg_stat_replication.replay_lag
-it does not go blank while a replica is idle or delayed.
+Lag: each replica is asked for its replay position (pg_last_wal_replay_lsn); the primary's
+pg_stat_replication only learns it from the replica's status messages, which can be 10 s apart
+when the replica is idle. In WAL bytes, lag is the primary's current position minus that. In
+milliseconds, the monitor remembers when it first saw each primary WAL position, so a replica that
+has not replayed position P is (now - first time P was seen) behind: exact to one sample interval,
+and unlike pg_stat_replication.replay_lag it does not go blank while a replica is idle or delayed.
+The monitor keeps one connection per node open between samples.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ class DataNodes:
         self.running: dict = {}
         self.history: collections.deque = collections.deque(maxlen=20_000)  # (monotonic time, primary LSN)
         self.down_since: dict[str, float] = {}
+        self.conns: dict[str, psycopg.Connection] = {}  # the monitor's own, one per node
         self.state.delete(stats.KEY)  # query counts start with the stack
 
     # --- connections ----------------------------------------------------------------------------
@@ -303,15 +307,26 @@ class DataNodes:
                 self.ctl.log("monitor_failed", error=str(exc)[:300])
                 self.ctl.stopping.wait(1.0)
 
+    def _query(self, node: str, sql: str):
+        """One query on a node over the monitor's own connection to it, kept open between samples
+        (connecting ten times a second would fork a backend each time); reopened after an error."""
+        conn = self.conns.get(node)
+        try:
+            if conn is None or conn.closed:
+                conn = self.conns[node] = psycopg.connect(self._url(node), connect_timeout=1, autocommit=True)
+            return conn.execute(sql).fetchall()
+        except psycopg.Error:
+            self.conns.pop(node, None)
+            if conn is not None:
+                conn.close()
+            raise
+
     def sample(self, with_connections: bool) -> nodes.Report:
         now = time.monotonic()
         report_nodes: dict[str, dict] = {}
         try:
-            with psycopg.connect(self._url("primary"), connect_timeout=1, autocommit=True) as conn:
-                current = int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')").fetchone()[0])
-                rows = conn.execute(
-                    "SELECT application_name, state, sync_state, pg_wal_lsn_diff(replay_lsn, '0/0'), "
-                    "extract(epoch FROM replay_lag) * 1000 FROM pg_stat_replication").fetchall()
+            current = int(self._query("primary", "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")[0][0])
+            rows = self._query("primary", "SELECT application_name, state, sync_state FROM pg_stat_replication")
             if not self.history or current > self.history[-1][1]:
                 self.history.append((now, current))
             report_nodes["primary"] = {"healthy": True, "state": "primary", "port": self.cfg.data_pg_port,
@@ -323,18 +338,26 @@ class DataNodes:
         streams = {r[0]: r for r in rows}
         with self.ctl.lock:
             procs = {n: p for n, p in self.ctl.procs.items() if n.startswith("replica-") and not p.retired}
+        for name in list(self.conns):
+            if name.startswith("replica-") and name not in procs:  # retired
+                self.conns.pop(name).close()
         for name, proc in sorted(procs.items()):
             row = streams.get(slot_name(int(name.split("-")[1])))
-            alive = proc.exited() is None
-            streaming = row is not None and row[1] == "streaming" and row[3] is not None
-            node = {"healthy": alive and streaming and current is not None, "state": row[1] if row else "down",
-                    "sync_state": row[2] if row else None, "port": proc.spec.port, "pid": proc.pid}
+            streaming = proc.exited() is None and row is not None and row[1] == "streaming"
+            # The replay position comes from the replica itself: the primary only learns it from
+            # the replica's status messages, up to wal_receiver_status_interval (10 s) late when idle.
+            replay = None
             if streaming and current is not None:
-                replay = int(row[3])
-                node["lag_bytes"] = max(current - replay, 0)
-                node["lag_ms"] = round(self._lag_ms(replay, current, now, row[4]), 1)
-            else:
-                node["lag_bytes"], node["lag_ms"] = None, None
+                try:
+                    replay = self._query(name, "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')")[0][0]
+                except psycopg.Error:
+                    pass
+            node = {"healthy": replay is not None, "state": row[1] if row else "down",
+                    "sync_state": row[2] if row else None, "port": proc.spec.port, "pid": proc.pid,
+                    "lag_bytes": None, "lag_ms": None}
+            if replay is not None:
+                node["lag_bytes"] = max(current - int(replay), 0)
+                node["lag_ms"] = round(self._lag_ms(int(replay), current, now), 1)
             self._note_health(name, node["healthy"], now)
             report_nodes[name] = node
         if with_connections:
@@ -354,13 +377,13 @@ class DataNodes:
     last_connections: dict = {}
     last_report: nodes.Report | None = None
 
-    def _lag_ms(self, replay: int, current: int, now: float, replay_lag_ms) -> float:
+    def _lag_ms(self, replay: int, current: int, now: float) -> float:
+        """How long ago the primary first had WAL that this replica has not replayed yet."""
         if replay >= current:
             return 0.0
         lsns = [lsn for _, lsn in self.history]
         k = bisect.bisect_right(lsns, replay)  # the first sample that was past the replay position
-        age = (now - self.history[k][0]) * 1000 if k < len(self.history) else 0.0
-        return max(age, float(replay_lag_ms or 0.0))
+        return (now - self.history[k][0]) * 1000 if k < len(self.history) else 0.0
 
     def _note_health(self, name: str, healthy: bool, now: float) -> None:
         """Log the moment a replica leaves or rejoins the rotation (the router follows the report)."""
@@ -377,8 +400,8 @@ class DataNodes:
             if not node.get("healthy") and name != "primary":
                 continue
             try:
-                counts[name] = self._sql(name, "SELECT count(*) FROM pg_stat_activity "
-                                               "WHERE backend_type = 'client backend' AND datname = 'workbench'")[0][0]
+                counts[name] = self._query(name, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                                                 "'client backend' AND datname = 'workbench' AND pid <> pg_backend_pid()")[0][0]
             except psycopg.Error:
                 continue
             node["connections"] = counts[name]
