@@ -24,7 +24,6 @@ import bisect
 import collections
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
