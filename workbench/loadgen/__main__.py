@@ -1,7 +1,6 @@
 """`python -m workbench.loadgen RUN_ID WORKLOAD_JSON [LABEL]`: one run, as the controller starts it.
 Progress goes to stdout as JSON lines; the result is saved under <data dir>/results/RUN_ID.json."""
 import json
-import os
 import sys
 
 from workbench.stack import config

@@ -304,7 +304,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return self._send(401, {"error": "missing or wrong controller token"})
         if self.path == "/runs":
-            from workbench.loadgen.workload import WorkloadError
             try:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(min(length, 65536)) or b"{}")
