@@ -11,6 +11,9 @@ While a request runs a protocol it holds a PostgreSQL advisory lock on the user 
 The lock dies with the request's connection, so `accounts_reconcile` can tell a live request
 (lock held: leave it alone) from a dead one (lock free: roll it forward or back). No interleaving
 of a SIGKILL leaves an orphan or a duplicate for longer than one reconcile pass.
+
+Each write of a user or post tells the application cache what it changed (api.caching.writes),
+once its transaction has committed, so every app server's cached copies are invalidated.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from api import faults
+from api.caching import writes as cache
 from api.gateway.errors import Conflict, NotFound
 from api.models import Account, Post, User
 from api.routing import ids
@@ -112,8 +116,10 @@ def _insert_user(user_id: int, username: str, email: str, name: str, bio: str) -
     now = ids.created_at(user_id)
     try:
         with transaction.atomic(using=PRIMARY):
-            return User.objects.create(id=user_id, username=username, email=email, name=name, bio=bio,
+            user = User.objects.create(id=user_id, username=username, email=email, name=name, bio=bio,
                                        post_count=0, created_at=now, updated_at=now)
+        cache.user_changed(user_id)
+        return user
     except IntegrityError:
         existing = User.objects.filter(id=user_id).first()
         if existing is None:
@@ -146,7 +152,9 @@ def _update_user_row(user_id: int, changes: dict) -> User:
         updated = User.objects.filter(id=user_id).update(**changes, updated_at=timezone.now())
         if not updated:
             raise NotFound("user_id", f"No user {user_id}.")
-        return User.objects.get(id=user_id)
+        user = User.objects.get(id=user_id)
+    cache.user_changed(user_id, user=user)  # runs once the transaction has committed
+    return user
 
 
 def user_delete(*, user_id: int) -> None:
@@ -162,6 +170,7 @@ def _delete_user_rows(user_id: int) -> None:
     with transaction.atomic(using=PRIMARY):
         Post.objects.filter(user_id=user_id)._raw_delete(PRIMARY)
         User.objects.filter(id=user_id)._raw_delete(PRIMARY)
+    cache.user_changed(user_id, posts=True)
 
 
 def post_create(*, user_id: int, title: str, body: str) -> Post:
@@ -172,15 +181,19 @@ def post_create(*, user_id: int, title: str, body: str) -> Post:
         # post_count stays exact; zero rows means there is no such user.
         if not User.objects.filter(id=user_id).update(post_count=F("post_count") + 1):
             raise NotFound("user_id", f"No user {user_id}.")
-        return Post.objects.create(id=post_id, user_id=user_id, title=title, body=body,
+        post = Post.objects.create(id=post_id, user_id=user_id, title=title, body=body,
                                    created_at=now, updated_at=now)
+    cache.posts_changed(user_id, post_count=True)
+    return post
 
 
 def post_update(*, user_id: int, post_id: int, changes: dict) -> Post:
     with transaction.atomic(using=PRIMARY):
         if not Post.objects.filter(id=post_id, user_id=user_id).update(**changes, updated_at=timezone.now()):
             raise NotFound("post_id", f"No post {post_id} of user {user_id}.")
-        return Post.objects.get(id=post_id)
+        post = Post.objects.get(id=post_id)
+    cache.posts_changed(user_id, post_count=False)
+    return post
 
 
 def post_delete(*, user_id: int, post_id: int) -> None:
@@ -189,6 +202,7 @@ def post_delete(*, user_id: int, post_id: int) -> None:
         if not deleted:
             raise NotFound("post_id", f"No post {post_id} of user {user_id}.")
         User.objects.filter(id=user_id).update(post_count=F("post_count") - 1)
+    cache.posts_changed(user_id, post_count=True)
 
 
 def accounts_reconcile(*, older_than_s: float = 5.0) -> dict:

@@ -89,6 +89,16 @@ class Indexes:
 
 
 @dataclass(frozen=True)
+class Cache:
+    """The application cache in the `cache` Valkey (api/caching): how reads and writes use it, and
+    how long each resource's entries live. Room is left for write-behind, the per-process L1 and
+    the query cache, which are not built yet."""
+    mode: str = _choice("off", "off", "cache-aside", "write-through")
+    user_ttl_s: int = _int(60, 1, 86_400)   # GET /users/{id}
+    posts_ttl_s: int = _int(30, 1, 86_400)  # GET /users/{id}/posts: every page and time range
+
+
+@dataclass(frozen=True)
 class Topology:
     replicas: int = _int(0, 0, 4)
     read_policy: str = _choice("round_robin", "round_robin", "random", "least_lag")
@@ -105,6 +115,7 @@ class Topology:
     app_servers: int = field(default_factory=_default_app_servers, metadata={"kind": "int", "low": 1, "high": 8})
     indexes: Indexes = _group(Indexes)
     emulation: Emulation = _group(Emulation)
+    cache: Cache = _group(Cache)
 
     @property
     def shards(self) -> int:

@@ -1,8 +1,23 @@
 """The response envelope of the seed: {"data": ..., "meta": {timestamp, version, request_id}}.
-Problem documents are rendered bare, as RFC 9457 asks."""
+Problem documents are rendered bare, as RFC 9457 asks.
+
+The envelope is put together from two separately rendered parts, `data` and `meta`. The bytes are
+the same as rendering the whole dict at once (compact JSON: no whitespace between the parts), and
+it lets a cache hit send `data` bytes stored earlier (api.caching) with a fresh `meta`: the slow
+path and the fast path share this one splice, so their bytes can differ only in `meta`.
+"""
+import hashlib
+import json
 from datetime import datetime, timezone
 
 from rest_framework.renderers import JSONRenderer
+
+
+def etag_for(data) -> str:
+    """The ETag of a representation. It covers `data` only: meta's timestamp and request id change
+    on every response."""
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    return f'"{digest[:32]}"'
 
 
 class EnvelopeRenderer(JSONRenderer):
@@ -22,7 +37,20 @@ class EnvelopeRenderer(JSONRenderer):
             "version": getattr(view, "api_version", "v1"),
             "request_id": getattr(request, "request_id", None),
         }
-        return super().render({"data": data, "meta": meta}, accepted_media_type, renderer_context)
+        rendered = getattr(response, "rendered_data", None)  # a cache hit's, or rendered once for a fill
+        if rendered is None:
+            rendered = render_data(data)
+        return b'{"data":' + rendered + b',"meta":' + render_data(meta) + b"}"
+
+
+_renderer = EnvelopeRenderer()
+
+
+def render_data(value) -> bytes:
+    """One part of the envelope, rendered as the whole envelope would render it (compact JSON)."""
+    if value is None:
+        return b"null"  # JSONRenderer renders a bare None as an empty body
+    return JSONRenderer.render(_renderer, value)
 
 
 class JSONOnlyNegotiation:

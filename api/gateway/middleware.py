@@ -1,7 +1,7 @@
 """The in-process gateway: request id, app-server stamp, body size and content-type limits.
 
-It runs first, so even a request rejected here carries X-Request-Id, X-App-Server and
-X-Topology-Version.
+It runs first, so even a request rejected here carries X-Request-Id, X-App-Server,
+X-Topology-Version and X-Cache (api.caching.request).
 Authentication, RBAC, rate limiting and shedding join this module's pipeline in later issues.
 """
 from __future__ import annotations
@@ -12,8 +12,10 @@ import uuid
 
 from django.conf import settings
 
-from api import faults
-from api.routing import db, nodes, stats
+from api import counters, faults
+from api.caching import request as cache_request
+from api.caching import writes as cache_writes
+from api.routing import db, nodes
 from workbench import topology
 
 from .problems import field_error, problem, problem_response
@@ -33,20 +35,24 @@ class GatewayMiddleware:
         faults.arm(request)
         client_id = request.headers.get("X-Client-Id")
         token = db.begin_request(request.method, client_id)
+        cache_token = cache_request.begin()
         try:
             response = self._limits(request) or self.get_response(request)
+            cache_writes.retry_pending()  # invalidations that failed while the cache was down
         finally:
             faults.disarm()
+            cache = cache_request.end(cache_token)
             routing = db.end_request(token)
         if request.method not in ("GET", "HEAD", "OPTIONS") and response.status_code < 400 and routing.used:
             db.note_write(client_id)
         self._db_headers(response, routing)
-        stats.flush()
+        counters.flush_all()
         response["X-Request-Id"] = request.request_id
         response["X-App-Server"] = settings.APP_SERVER_NAME
         # The worker's local copy: at most one small version check a second, never a read per request.
         response["X-Topology-Version"] = str(topology.current().version)
-        response["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+        response["Server-Timing"] = cache_request.headers(
+            response, cache, f"app;dur={(time.perf_counter() - started) * 1000:.2f}")
         return response
 
     @staticmethod

@@ -1,52 +1,22 @@
-"""Queries per database node, counted in each worker and added up in the `state` Valkey.
-
-Each worker counts in memory and adds its counts to one hash at most every FLUSH_S (a single
-pipelined HINCRBY per node), so counting costs no round trip per query.
+"""Queries per database node, counted in each worker and added up in the `state` Valkey
+(the mechanism is api.counters: no round trip per query, one pipelined flush at most every FLUSH_S).
 """
 from __future__ import annotations
 
-import collections
-import logging
-import threading
-import time
-
-log = logging.getLogger(__name__)
+from api.counters import FLUSH_S, Counters  # noqa: F401 - FLUSH_S is part of this module's interface
 
 KEY = "workbench:db:queries"
-FLUSH_S = 0.5
 
-_lock = threading.Lock()
-_counts: collections.Counter = collections.Counter()
-_flushed_at = 0.0
+_queries = Counters(KEY)
 
 
 def count_query(node: str) -> None:
-    with _lock:
-        _counts[node] += 1
+    _queries.count(node)
 
 
 def flush(force: bool = False) -> None:
-    global _flushed_at
-    now = time.monotonic()
-    if not force and now - _flushed_at < FLUSH_S:
-        return
-    with _lock:
-        if not _counts:
-            return
-        counts = dict(_counts)
-        _counts.clear()
-        _flushed_at = now
-    try:
-        from api.state import state_client
-        pipe = state_client().pipeline(transaction=False)
-        for node, n in counts.items():
-            pipe.hincrby(KEY, node, n)
-        pipe.execute()
-    except Exception as exc:  # noqa: BLE001 - counting must never fail a request; put them back
-        log.warning("query counters not flushed: %s", exc)
-        with _lock:
-            _counts.update(counts)
+    _queries.flush(force)
 
 
 def totals(client) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in client.hgetall(KEY).items()}
+    return _queries.totals(client)

@@ -1,13 +1,21 @@
-"""What every API view shares: the version in the envelope and conditional GETs (ETag)."""
-import hashlib
-import json
-
+"""What every API view shares: the version in the envelope, conditional GETs (ETag), the read
+retry on the primary, and the application cache's read path (api.caching)."""
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api.caching import reads
+from api.gateway.envelope import etag_for, render_data
 from api.gateway.errors import NotFound
 from api.routing import db
 from api.routing.ids import MAX_ID
+
+
+class CachedResponse(Response):
+    """A cache hit: the stored bytes of `data` and their stored ETag; no serializer runs."""
+
+    def __init__(self, hit: reads.Hit):
+        super().__init__()
+        self.rendered_data, self.etag = hit.data, hit.etag
 
 
 class ApiView(APIView):
@@ -18,6 +26,17 @@ class ApiView(APIView):
         for name, value in kwargs.items():  # path ids (Int64Converter) past 64 bits match nothing
             if isinstance(value, int) and value > MAX_ID:
                 raise NotFound(name, f"No such {name.removesuffix('_id')}: `{name}` is beyond 2^63-1.")
+
+    def cached(self, entry: reads.Entry | None, build) -> Response:
+        """A hit's stored bytes, or `build()`'s data (filled into the cache once rendered, in
+        finalize_response). `entry` is None when this request does not use the cache."""
+        if entry is not None:
+            hit = reads.lookup(entry)
+            if hit is not None:
+                return CachedResponse(hit)
+        response = Response(build())
+        response.cache_entry = entry
+        return response
 
     def handle_exception(self, exc):
         # A read that failed on a replica runs once more, on the primary, so no read fails for it.
@@ -31,9 +50,14 @@ class ApiView(APIView):
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         if request.method in ("GET", "HEAD") and response.status_code == 200 and isinstance(response, Response):
-            # The tag covers `data` only: meta's timestamp and request id change on every response.
-            digest = hashlib.sha256(json.dumps(response.data, sort_keys=True, default=str).encode()).hexdigest()
-            etag = f'"{digest[:32]}"'
+            etag = getattr(response, "etag", None)
+            if etag is None:
+                etag = etag_for(response.data)
+                entry = getattr(response, "cache_entry", None)
+                if entry is not None:
+                    # Rendered once: these bytes are both sent (the envelope splices them) and stored.
+                    response.rendered_data = render_data(response.data)
+                    reads.fill(entry, response.rendered_data, etag)
             response["ETag"] = etag
             tags = _tags(request.headers.get("If-None-Match", ""))
             if etag in tags or "*" in tags:

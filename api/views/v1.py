@@ -5,7 +5,8 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from api import selectors, services
-from api.pagination import next_url, page_params, time_range
+from api.caching import reads
+from api.pagination import encode_cursor, next_url, page_params, time_range
 from api.serializers import PostSerializer, UserSerializer, UserUpdateSerializer
 
 from .base import ApiView
@@ -50,7 +51,8 @@ class UserListView(ApiView):
 class UserDetailView(ApiView):
     @extend_schema(operation_id="users_get", responses=UserSerializer)
     def get(self, request, user_id):
-        return Response(UserSerializer(selectors.user_get(user_id=user_id)).data)
+        return self.cached(reads.user_entry(user_id),
+                           lambda: UserSerializer(selectors.user_get(user_id=user_id)).data)
 
     @extend_schema(request=UserUpdateSerializer, responses=UserSerializer)
     def put(self, request, user_id):
@@ -75,10 +77,13 @@ class PostListView(ApiView):
     def get(self, request, user_id):
         page = page_params(request.query_params, ("time", "id"), extra={"since", "until"})
         since, until = time_range(request.query_params)
-        rows = selectors.post_list(user_id=user_id, page=page, since=since, until=until)
-        return Response({"results": PostSerializer(rows[: page.limit], many=True).data,
-                         "next": next_url(request, rows, page.limit,
-                                          lambda p: (p.created_at.isoformat(), p.id))})
+
+        def build():
+            rows = selectors.post_list(user_id=user_id, page=page, since=since, until=until)
+            return {"results": PostSerializer(rows[: page.limit], many=True).data,
+                    "next": next_url(request, rows, page.limit, _post_key)}
+
+        return self.cached(reads.posts_entry(user_id, _page_query(request, page)), build)
 
     @extend_schema(request=PostSerializer, responses={201: PostSerializer})
     def post(self, request, user_id):
@@ -86,6 +91,20 @@ class PostListView(ApiView):
         post = services.post_create(user_id=user_id, **data)
         return Response(PostSerializer(post).data, status=status.HTTP_201_CREATED,
                         headers={"Location": f"/api/v1/users/{user_id}/posts/{post.id}"})
+
+
+def _post_key(post):
+    return post.created_at.isoformat(), post.id
+
+
+def _page_query(request, page) -> str:
+    """What a posts page's bytes depend on, for its cache key: its absolute URL, with the cursor in
+    its canonical form. Not less: `next` is an absolute URL that repeats the query as it was sent,
+    so two spellings of one query (or two hosts) are two different representations."""
+    params = request.query_params.copy()
+    if page.after:
+        params["cursor"] = encode_cursor((page.after[0].isoformat(), page.after[1]))
+    return request.build_absolute_uri(request.path) + "?" + params.urlencode()
 
 
 class PostDetailView(ApiView):

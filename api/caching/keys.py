@@ -1,0 +1,40 @@
+"""Key names in the `cache` Valkey.
+
+Every key of one user carries the hash tag `{u:ID}`, so the user's entry, its posts pages, its
+namespace version and its tombstone land in one Valkey Cluster slot: the scripts in `reads` and
+`writes` touch several of them at once, which a cluster (`cache_nodes>1`, later work) allows only
+within one slot.
+
+Posts pages are many keys per user (every limit, cursor and time range). Instead of finding and
+deleting them, each page key contains the user's namespace version: one INCR of that version on a
+write makes every older page key unreachable, and the old entries simply expire.
+"""
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "wb:c1"  # bump the digit when the stored format changes: old entries become unreachable
+
+
+def _tag(user_id: int) -> str:
+    return f"{PREFIX}:{{u:{user_id}}}"
+
+
+def user(user_id: int) -> str:
+    return f"{_tag(user_id)}:user"
+
+
+def namespace(user_id: int) -> str:
+    """The version that every posts-page key of this user contains."""
+    return f"{_tag(user_id)}:ns"
+
+
+def tombstone(user_id: int) -> str:
+    """Present for a short while after a write: fills of this user's keys are skipped (see writes)."""
+    return f"{_tag(user_id)}:tomb"
+
+
+def posts_page(user_id: int, version: int, query: str) -> str:
+    """One page of the user's posts; `query` is the normalized query (reads.posts_query)."""
+    digest = hashlib.blake2b(query.encode(), digest_size=12).hexdigest()
+    return f"{_tag(user_id)}:posts:{version}:{digest}"

@@ -1,0 +1,9 @@
+"""The cache's counters per process, added up in the `state` Valkey under KEY (api.counters), so
+the controller and the dashboard can read them: hits, misses, fills, fills_skipped (a tombstone
+stopped a fill), invalidations, errors (a cache call failed), skipped_down (the breaker was open)."""
+from api.counters import Counters
+
+KEY = "workbench:cache:counts"
+
+COUNTERS = Counters(KEY)
+count = COUNTERS.count
