@@ -31,6 +31,7 @@ import psycopg
 import redis
 
 from api import queries
+from api.caching import metrics as cache_metrics
 from api.routing import nodes, stats
 from workbench import parameters, topology
 
@@ -59,7 +60,7 @@ class DataNodes:
         self.history: collections.deque = collections.deque(maxlen=20_000)  # (monotonic time, primary LSN)
         self.down_since: dict[str, float] = {}
         self.conns: dict[str, psycopg.Connection] = {}  # the monitor's own, one per node
-        self.state.delete(stats.KEY)  # query counts start with the stack
+        self.state.delete(stats.KEY, cache_metrics.KEY)  # counts start with the stack
 
     # --- connections ----------------------------------------------------------------------------
     def _url(self, node: str) -> str:
@@ -359,7 +360,9 @@ class DataNodes:
                 node["lag_ms"] = round(self._lag_ms(int(replay), current, now), 1)
             self._note_health(name, node["healthy"], now)
             report_nodes[name] = node
-        if with_connections:
+        # Connections are counted once a second, and at once for a node that has no count yet
+        # (a replica just started or back from a restart).
+        if with_connections or any(n not in self.last_connections for n, v in report_nodes.items() if v["healthy"]):
             self._connections(report_nodes)
         elif self.last_connections:
             for name, count in self.last_connections.items():
