@@ -253,3 +253,24 @@ def test_cli_invalid_set_exits_non_zero_and_changes_nothing(admin):
     assert "Traceback" not in bad.stderr
     assert manage("set", "no-equals-sign").returncode != 0
     assert admin.data() == before
+
+
+def test_a_stored_document_from_newer_code_is_read_with_the_fields_this_code_knows(stack_config):
+    """An older controller or worker must keep working when newer code has stored a field it
+    does not know yet (it did fail on every read: "unknown field")."""
+    client = redis.Redis.from_url(stack_config.state_url)
+    keys = [f"test:{uuid.uuid4().hex}", f"test:{uuid.uuid4().hex}"]
+    store = topology.Store(client, key=keys[0], version_key=keys[1])
+    try:
+        newer = {**DEFAULTS, "replicas": 1, "from_the_future": True,
+                 "emulation": {**DEFAULTS["emulation"], "rtt_ms": 2, "jitter_ms": 1}}
+        client.set(keys[0], json.dumps({"version": 7, "updated_at": None, "updated_by": "newer code",
+                                        "topology": newer}))
+        doc = store.read()
+        assert doc.version == 7 and doc.topology.replicas == 1 and doc.topology.emulation.rtt_ms == 2
+        # Writes stay strict: an unknown field in a change is still refused, naming it.
+        with pytest.raises(topology.TopologyError) as refused:
+            store.patch({"from_the_future": 1}, "test")
+        assert [name for name, _ in refused.value.errors] == ["from_the_future"]
+    finally:
+        client.delete(*keys)

@@ -215,6 +215,22 @@ def node_cap_error(replicas, shards) -> str | None:
     return None
 
 
+def known_fields(data, cls=None):
+    """`data` without the fields this code does not know. A stored document may come from newer
+    code (a field added while an older controller or worker still runs): the reader keeps working
+    with what it knows instead of failing on every read. Writes stay strict (parse); a change
+    written by older code carries only the fields it knows, so newer fields go back to defaults."""
+    cls = cls or Topology
+    if not isinstance(data, dict):
+        return data
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        log.warning("topology: ignoring fields this code does not know: %s", ", ".join(unknown))
+    return {name: known_fields(value, fields[name].metadata["cls"]) if fields[name].metadata["kind"] == "group"
+            else value for name, value in data.items() if name in fields}
+
+
 def parse(data: dict, *, check_machine: bool = True) -> Topology:
     """A complete topology from `data`; absent fields take their defaults. Raises TopologyError.
     `check_machine` also checks what this machine must have (a PgBouncer binary); a stored
@@ -330,8 +346,8 @@ class Store:
         if raw is None:
             return Document(Topology())
         stored = json.loads(raw)
-        return Document(parse(stored["topology"], check_machine=False), stored["version"], stored["updated_at"],
-                        stored["updated_by"])
+        return Document(parse(known_fields(stored["topology"]), check_machine=False), stored["version"],
+                        stored["updated_at"], stored["updated_by"])
 
     def version(self) -> int:
         return int(self.client.get(self.version_key) or 0)
