@@ -22,6 +22,9 @@ from .problems import field_error, problem, problem_response
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
+# A refused body up to this size is read and dropped so the connection stays usable; a larger one
+# is not worth reading (the edge's body cap belongs in Caddy, with the load-balancer issue).
+DRAIN_BYTES = 4 * 1024 * 1024
 
 
 class GatewayMiddleware:
@@ -37,7 +40,10 @@ class GatewayMiddleware:
         token = db.begin_request(request.method, client_id)
         cache_token = cache_request.begin()
         try:
-            response = self._limits(request) or self.get_response(request)
+            refused = self._limits(request)
+            if refused is not None:
+                self._drain(request)
+            response = refused or self.get_response(request)
             cache_writes.retry_pending()  # invalidations that failed while the cache was down
         finally:
             faults.disarm()
@@ -69,11 +75,12 @@ class GatewayMiddleware:
 
     @staticmethod
     def _drain(request) -> None:
-        """Read (and drop) a refused chunked body, up to the size limit, before answering: a reply
-        while the proxy is still sending it makes the server close the connection under the
-        proxy's feet, which Caddy reports as 502 instead of this 411."""
+        """Read (and drop) the body of a request refused before its body was read (411, 413,
+        415), up to DRAIN_BYTES, before answering. Otherwise the server closes a connection with
+        unread data in it, the kernel resets it, and the proxy sees its response cut off or its
+        next request on that kept-alive connection fail: Caddy answered 502 for a 411 that way."""
         stream = request.META.get("wsgi.input")
-        left = settings.MAX_BODY_BYTES + 1
+        left = DRAIN_BYTES
         try:
             while left > 0 and stream is not None:
                 chunk = stream.read(min(left, 65536))
@@ -88,7 +95,6 @@ class GatewayMiddleware:
             return None
         if not request.META.get("CONTENT_LENGTH") and request.META.get("HTTP_TRANSFER_ENCODING"):
             # Django reads no body without a Content-Length: a chunked one would be silently dropped.
-            self._drain(request)
             detail = "Send the body with a Content-Length; chunked request bodies are not accepted."
             return problem_response(problem(411, "Length Required", detail, kind="length-required",
                                             errors=[field_error("Content-Length", detail, "header")]),
