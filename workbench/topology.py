@@ -96,6 +96,9 @@ class Cache:
     mode: str = _choice("off", "off", "cache-aside", "write-through")
     user_ttl_s: int = _int(60, 1, 86_400)   # GET /users/{id}
     posts_ttl_s: int = _int(30, 1, 86_400)  # GET /users/{id}/posts: every page and time range
+    # Stampede protection: the first miss of a key takes a short lock and reads the database; other
+    # misses of that key wait (bounded) for its fill instead of sending the same query (api/caching/reads).
+    single_flight: bool = _bool(True)
 
 
 @dataclass(frozen=True)

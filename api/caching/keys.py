@@ -38,3 +38,8 @@ def posts_page(user_id: int, version: int, query: str) -> str:
     """One page of the user's posts; `query` is the normalized query (reads.posts_query)."""
     digest = hashlib.blake2b(query.encode(), digest_size=12).hexdigest()
     return f"{_tag(user_id)}:posts:{version}:{digest}"
+
+
+def lock(key: str) -> str:
+    """The single-flight lock of one entry (reads): same hash tag, so same slot as the entry."""
+    return f"{key}:lock"

@@ -20,6 +20,7 @@ class RequestCache:
     status: str         # what X-Cache will say
     spent_s: float = 0.0
     touched: bool = False  # whether the request spent time on the cache (Server-Timing gets a part)
+    lock: tuple[str, str] | None = None  # a single-flight lock this request holds: (lock key, token)
 
 
 _current: contextvars.ContextVar[RequestCache | None] = contextvars.ContextVar("cache_request", default=None)
@@ -47,6 +48,10 @@ def mark(status: str) -> None:
     state = _current.get()
     if state is not None and state.mode != "off" and state.status != "down":
         state.status = status
+
+
+def current() -> RequestCache | None:
+    return _current.get()
 
 
 @contextmanager

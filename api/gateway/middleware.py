@@ -13,6 +13,7 @@ import uuid
 from django.conf import settings
 
 from api import counters, faults
+from api.caching import reads as cache_reads
 from api.caching import request as cache_request
 from api.caching import writes as cache_writes
 from api.routing import db, nodes
@@ -47,6 +48,7 @@ class GatewayMiddleware:
             cache_writes.retry_pending()  # invalidations that failed while the cache was down
         finally:
             faults.disarm()
+            cache_reads.release_held()  # a single-flight lock that no fill released (an error, a 404)
             cache = cache_request.end(cache_token)
             routing = db.end_request(token)
         if request.method not in ("GET", "HEAD", "OPTIONS") and response.status_code < 400 and routing.used:
