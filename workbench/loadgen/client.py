@@ -67,6 +67,15 @@ class RunClient:
     def run(self, workload: dict, label: str = "", on_progress=None) -> dict:
         return self.wait(self.start(workload, label), on_progress)
 
+    def closed_and_open(self, workload: dict, options: dict, label: str) -> tuple[dict, dict]:
+        """One repetition of a benchmark case: a closed-loop run (throughput at `connections`) and
+        an open-model run (latency at `rate`), each `duration` seconds (the bench options)."""
+        closed = self.run({**workload, "mode": "closed", "connections": options["connections"],
+                           "duration_s": options["duration"]}, f"{label} closed")
+        opened = self.run({**workload, "mode": "open", "rate": options["rate"], "duration_s": options["duration"]},
+                          f"{label} open")
+        return closed, opened
+
 
 class TopologyError(RuntimeError):
     pass

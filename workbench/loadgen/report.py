@@ -26,6 +26,15 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def add_bench_arguments(parser, *, duration: float, rate: float, connections: int) -> None:
+    """The options every benchmark command takes, with that command's defaults."""
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=duration, help="seconds per measurement")
+    parser.add_argument("--rate", type=float, default=rate, help="open-model rate for the latency columns")
+    parser.add_argument("--connections", type=int, default=connections, help="closed-loop connections for throughput")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+
+
 def new_row() -> dict:
     return {"thr": [], "p50": [], "p95": [], "valid": [], "runs": []}
 

@@ -8,7 +8,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from workbench.loadgen.client import RunClient, RunError
 from workbench.loadgen.ramp import find_capacity
-from workbench.loadgen.report import BENCHMARKS_DOC, median as _median, new_row, record_pair, write_doc_block
+from workbench.loadgen.report import (BENCHMARKS_DOC, add_bench_arguments, median as _median, new_row,
+                                      record_pair, write_doc_block)
 from workbench.loadgen.runs import machine, versions
 from workbench.stack import config
 
@@ -29,13 +30,9 @@ class Command(BaseCommand):
     requires_system_checks = []
 
     def add_arguments(self, parser):
-        parser.add_argument("--repeats", type=int, default=3)
-        parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-        parser.add_argument("--rate", type=float, default=100.0, help="open-model rate for the latency columns")
-        parser.add_argument("--connections", type=int, default=8, help="closed-loop connections for throughput")
+        add_bench_arguments(parser, duration=5.0, rate=100.0, connections=8)
         parser.add_argument("--slo-ms", type=float, default=100.0, help="p95 target of the capacity ramp")
         parser.add_argument("--no-ramp", action="store_true")
-        parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
 
     def handle(self, *args, **o):
         cfg = config.load()
@@ -44,10 +41,7 @@ class Command(BaseCommand):
         try:
             for rep in range(o["repeats"]):
                 for name, extra in cases(cfg):
-                    closed = client.run({**extra, "mode": "closed", "connections": o["connections"],
-                                         "duration_s": o["duration"]}, f"bench {name} closed #{rep + 1}")
-                    opened = client.run({**extra, "mode": "open", "rate": o["rate"], "duration_s": o["duration"]},
-                                        f"bench {name} open #{rep + 1}")
+                    closed, opened = client.closed_and_open(extra, o, f"bench {name} #{rep + 1}")
                     record_pair(table[name], closed, opened)
                     self.stdout.write(f"  #{rep + 1} {name}: {closed['summary']['achieved_rps']} req/s closed; "
                                       f"open p95 {opened['summary']['latency']['p95_ms']} ms "

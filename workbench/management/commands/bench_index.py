@@ -16,7 +16,8 @@ import requests
 from django.core.management.base import BaseCommand, CommandError
 
 from workbench.loadgen.client import RunClient, RunError, TopologyClient, TopologyError
-from workbench.loadgen.report import BENCHMARKS_DOC, emulation_note, median as _median, record_pair, write_doc_block
+from workbench.loadgen.report import (BENCHMARKS_DOC, add_bench_arguments, emulation_note, median as _median,
+                                      record_pair, write_doc_block)
 from workbench.loadgen.runs import machine, versions
 from workbench.stack import config
 
@@ -60,13 +61,9 @@ class Command(BaseCommand):
     requires_system_checks = []
 
     def add_arguments(self, parser):
-        parser.add_argument("--repeats", type=int, default=3)
-        parser.add_argument("--duration", type=float, default=6.0, help="seconds per run")
-        parser.add_argument("--rate", type=float, default=5.0, help="open-model rate for the latency columns")
-        parser.add_argument("--connections", type=int, default=4, help="closed-loop connections for throughput")
+        add_bench_arguments(parser, duration=6.0, rate=5.0, connections=4)
         parser.add_argument("--explain-users", type=int, default=3, help="EXPLAIN the first N users by id")
         parser.add_argument("--settle-timeout", type=float, default=300.0, help="seconds to wait for the controller")
-        parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
 
     def handle(self, *args, **o):
         cfg = config.load()
@@ -89,10 +86,7 @@ class Command(BaseCommand):
                         row["explain_page"].append(plans["posts_page"]["execution_ms"])
                         row["explain_range"].append(plans["posts_time_range"]["execution_ms"])
                         row["plan"].append(" > ".join(plans["posts_page"]["plan_nodes"]))
-                    closed = client.run({**WORKLOAD, "mode": "closed", "connections": o["connections"],
-                                         "duration_s": o["duration"]}, f"bench_index {name} closed #{rep + 1}")
-                    opened = client.run({**WORKLOAD, "mode": "open", "rate": o["rate"], "duration_s": o["duration"]},
-                                        f"bench_index {name} open #{rep + 1}")
+                    closed, opened = client.closed_and_open(WORKLOAD, o, f"bench_index {name} #{rep + 1}")
                     topology = topology or opened["topology"]
                     s = opened["summary"]
                     record_pair(row, closed, opened)

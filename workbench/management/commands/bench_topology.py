@@ -13,7 +13,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from workbench import parameters
 from workbench.loadgen.client import RunClient, RunError, TopologyClient, TopologyError
-from workbench.loadgen.report import BENCHMARKS_DOC, median as _median, new_row, record_pair, write_doc_block
+from workbench.loadgen.report import (BENCHMARKS_DOC, add_bench_arguments, median as _median, new_row,
+                                      record_pair, write_doc_block)
 from workbench.loadgen.runs import machine, versions
 from workbench.stack import config
 
@@ -59,11 +60,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("suite", choices=sorted(suites()))
-        parser.add_argument("--repeats", type=int, default=3)
-        parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-        parser.add_argument("--rate", type=float, default=100.0, help="open-model rate for the latency columns")
-        parser.add_argument("--connections", type=int, default=8, help="closed-loop connections for throughput")
-        parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+        add_bench_arguments(parser, duration=5.0, rate=100.0, connections=8)
 
     def handle(self, *args, **o):
         cfg = config.load()
@@ -79,10 +76,7 @@ class Command(BaseCommand):
                     for label, change in cases:
                         # Each case is the suite's own topology on top of the defaults: nothing else carries over.
                         topo.apply(change, replace=True)
-                        closed = runs.run({**workload, "mode": "closed", "connections": o["connections"],
-                                           "duration_s": o["duration"]}, f"bench {o['suite']} {label} closed #{rep + 1}")
-                        opened = runs.run({**workload, "mode": "open", "rate": o["rate"], "duration_s": o["duration"]},
-                                          f"bench {o['suite']} {label} open #{rep + 1}")
+                        closed, opened = runs.closed_and_open(workload, o, f"bench {o['suite']} {label} #{rep + 1}")
                         row = table[label]
                         record_pair(row, closed, opened)
                         self.stdout.write(f"  #{rep + 1} {label}: {closed['summary']['achieved_rps']} req/s closed; "
