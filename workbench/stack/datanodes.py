@@ -117,10 +117,7 @@ class DataNodes:
 
     def read_running(self) -> dict:
         names = self.replica_names()
-        delays = {}
-        for name in names:
-            rows = self._sql(name, "SELECT setting FROM pg_settings WHERE name = 'recovery_min_apply_delay'")
-            delays[name] = int(rows[0][0])
+        delays = {name: self._apply_delay(name) for name in names}
         index = self._sql("primary", queries.INDEX_STATE, (queries.SUPPORTING_INDEX,))
         return {"replicas": len(names), "replication": self._replication_mode(),
                 "replica_delays_ms": delays, "indexes.post_user_time": bool(index and index[0][0]),
@@ -181,8 +178,8 @@ class DataNodes:
                              "WHERE slot_name = %s AND NOT active", (slot_name(index),))
 
     def _replication_mode(self) -> str:
-        names = self._sql("primary", "SHOW synchronous_standby_names")[0][0]
-        commit = self._sql("primary", "SHOW synchronous_commit")[0][0]
+        names, commit = self._sql("primary", "SELECT current_setting('synchronous_standby_names'), "
+                                             "current_setting('synchronous_commit')")[0]
         return "async" if not names or commit not in ("remote_write", "remote_apply") else commit
 
     def _set_replication(self, mode: str) -> None:
@@ -201,17 +198,18 @@ class DataNodes:
         self._wait(lambda: self._replication_mode() == mode, f"replication mode {mode}")
         self.ctl.log("replication_set", mode=mode)
 
+    def _apply_delay(self, name: str) -> int:
+        """The replica's recovery_min_apply_delay, in ms."""
+        return int(self._sql(name, "SELECT setting FROM pg_settings WHERE name = 'recovery_min_apply_delay'")[0][0])
+
     def _set_apply_delay(self, name: str, delay_ms: int) -> None:
-        rows = self._sql(name, "SELECT setting FROM pg_settings WHERE name = 'recovery_min_apply_delay'")
-        if int(rows[0][0]) == delay_ms:
+        if self._apply_delay(name) == delay_ms:
             return
         self._say(f"setting {name}'s apply delay to {delay_ms} ms")
         with psycopg.connect(self._url(name), autocommit=True, connect_timeout=2) as conn:
             conn.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = '{int(delay_ms)}ms'")
             conn.execute("SELECT pg_reload_conf()")
-        self._wait(lambda: int(self._sql(name, "SELECT setting FROM pg_settings WHERE name = "
-                                               "'recovery_min_apply_delay'")[0][0]) == delay_ms,
-                   f"{name}'s apply delay")
+        self._wait(lambda: self._apply_delay(name) == delay_ms, f"{name}'s apply delay")
         self.ctl.log("apply_delay_set", name=name, delay_ms=delay_ms)
 
     def _set_index(self, wanted: bool) -> None:
