@@ -65,3 +65,34 @@ class Account(AbstractBaseUser):
     class Meta:
         db_table = "meta_account"
         indexes = [models.Index(fields=["state", "created_at"], name="meta_account_state")]
+
+
+class ShardFence(models.Model):
+    """One row on every shard: which users this shard owns. It is the truth a write checks in its
+    own transaction (api/routing/placement.py): a user with id <= moved_upto is placed by the
+    `new_*` mapping, any other by the `old_*` one. At rest both mappings are the topology's and
+    moved_upto is the largest id; a reshard moves moved_upto up batch by batch (or down, to roll
+    back). A write that reads it FOR SHARE cannot interleave with a batch being moved, which
+    holds it FOR UPDATE."""
+    id = models.SmallIntegerField(primary_key=True, default=1)
+    job = models.BigIntegerField(default=0)
+    old_strategy = models.CharField(max_length=16, default="hash")
+    old_shards = models.SmallIntegerField(default=1)
+    new_strategy = models.CharField(max_length=16, default="hash")
+    new_shards = models.SmallIntegerField(default=1)
+    moved_upto = models.BigIntegerField(default=(1 << 63) - 1)
+
+    class Meta:
+        db_table = "shard_fence"
+
+
+class ShardDirectory(models.Model):
+    """The `directory` strategy's lookup table, in `meta`: its single point of failure. `shard` is
+    where a user lives; `next_shard` is where a running reshard puts it."""
+    user_id = models.BigIntegerField(primary_key=True)
+    shard = models.SmallIntegerField(null=True)
+    next_shard = models.SmallIntegerField(null=True)
+
+    class Meta:
+        db_table = "meta_shard_directory"
+        indexes = [models.Index(fields=["shard"], name="meta_shard_directory_shard")]

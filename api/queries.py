@@ -103,7 +103,11 @@ def explain(name: str, queryset) -> dict:
 
 
 def explain_hot(user_id: int, since: datetime, until: datetime, limit: int) -> list[dict]:
-    return [explain(name, queryset) for name, queryset in hot_querysets(user_id, since, until, limit).items()]
+    """On the user's shard, where the API runs these queries."""
+    from api.routing import db, placement
+
+    with db.on_shard(placement.locate(user_id)):
+        return [explain(name, queryset) for name, queryset in hot_querysets(user_id, since, until, limit).items()]
 
 
 def index_toggle() -> dict:

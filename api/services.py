@@ -24,16 +24,16 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.hashers import make_password
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, connections
 from django.db.models import F, Q
 from django.utils import timezone
 
-from api import faults
+from api import faults, selectors
 from api.caching import writes as cache
 from api.gateway.errors import Conflict, NotFound
 from api.models import Account, Post, User
-from api.routing import ids
-from api.routing.db import META, PRIMARY
+from api.routing import db, ids, placement
+from api.routing.db import META
 
 
 class InProgress(Conflict):
@@ -77,6 +77,7 @@ def user_sign_up(*, username: str, email: str, password: str | None, name: str =
             except IntegrityError:
                 pass  # someone has this username or email: decide below, outside this lock
             else:
+                placement.assign(user_id)  # `directory` only: the user's shard, in meta too
                 faults.point("signup-after-meta")
                 user = _insert_user(user_id, username, email, name, bio)
                 faults.point("signup-after-data")
@@ -112,25 +113,33 @@ def _resolve_taken(username, email, fingerprint, name, bio) -> User | None:
 
 
 def _insert_user(user_id: int, username: str, email: str, name: str, bio: str) -> User:
-    """Insert the data row, or return it if a previous attempt already did."""
+    """Insert the data row on the user's shard, or return it if a previous attempt already did."""
     now = ids.created_at(user_id)
-    try:
-        with transaction.atomic(using=PRIMARY):
-            user = User.objects.create(id=user_id, username=username, email=email, name=name, bio=bio,
-                                       post_count=0, created_at=now, updated_at=now)
+
+    def insert():
+        user = User.objects.create(id=user_id, username=username, email=email, name=name, bio=bio,
+                                   post_count=0, created_at=now, updated_at=now)
         cache.user_changed(user_id)
         return user
+
+    try:
+        return placement.write(user_id, insert)
     except IntegrityError:
-        existing = User.objects.filter(id=user_id).first()
+        existing = _find_user(user_id)
         if existing is None:
             raise Conflict("username", "The username or email is held by another user.") from None
         return existing
 
 
+def _find_user(user_id: int) -> User | None:
+    try:
+        return selectors.user_get(user_id=user_id)
+    except NotFound:
+        return None
+
+
 def user_update(*, user_id: int, changes: dict) -> User:
-    user = User.objects.filter(id=user_id).first()
-    if user is None:
-        raise NotFound("user_id", f"No user {user_id}.")
+    user = selectors.user_get(user_id=user_id)
     new_email = changes.get("email")
     if new_email is None or new_email == user.email:
         return _update_user_row(user_id, changes)
@@ -148,61 +157,71 @@ def user_update(*, user_id: int, changes: dict) -> User:
 
 
 def _update_user_row(user_id: int, changes: dict) -> User:
-    with transaction.atomic(using=PRIMARY):
-        updated = User.objects.filter(id=user_id).update(**changes, updated_at=timezone.now())
-        if not updated:
+    def update():
+        if not User.objects.filter(id=user_id).update(**changes, updated_at=timezone.now()):
             raise NotFound("user_id", f"No user {user_id}.")
         user = User.objects.get(id=user_id)
-    cache.user_changed(user_id, user=user)  # runs once the transaction has committed
-    return user
+        cache.user_changed(user_id, user=user)  # runs once the transaction has committed
+        return user
+
+    return placement.write(user_id, update)
 
 
 def user_delete(*, user_id: int) -> None:
     with account_lock(user_id, wait=True):
         marked = Account.objects.filter(user_id=user_id, state=Account.ACTIVE).update(state=Account.DELETING)
-        if not marked and not User.objects.filter(id=user_id).exists():
+        if not marked and _find_user(user_id) is None:
             raise NotFound("user_id", f"No user {user_id}.")
         _delete_user_rows(user_id)
         Account.objects.filter(user_id=user_id).delete()
 
 
 def _delete_user_rows(user_id: int) -> None:
-    with transaction.atomic(using=PRIMARY):
-        Post.objects.filter(user_id=user_id)._raw_delete(PRIMARY)
-        User.objects.filter(id=user_id)._raw_delete(PRIMARY)
-    cache.user_changed(user_id, posts=True)
+    def delete():
+        Post.objects.filter(user_id=user_id)._raw_delete(db.write_alias())
+        User.objects.filter(id=user_id)._raw_delete(db.write_alias())
+        cache.user_changed(user_id, posts=True)
+
+    placement.write(user_id, delete)
+    placement.forget(user_id)
 
 
 def post_create(*, user_id: int, title: str, body: str) -> Post:
     post_id = ids.next_id()
     now = ids.created_at(post_id)
-    with transaction.atomic(using=PRIMARY):
+
+    def create():
         # The UPDATE takes the user's row lock first, so concurrent writers serialise on it and
         # post_count stays exact; zero rows means there is no such user.
         if not User.objects.filter(id=user_id).update(post_count=F("post_count") + 1):
             raise NotFound("user_id", f"No user {user_id}.")
         post = Post.objects.create(id=post_id, user_id=user_id, title=title, body=body,
                                    created_at=now, updated_at=now)
-    cache.posts_changed(user_id, post_count=True)
-    return post
+        cache.posts_changed(user_id, post_count=True)
+        return post
+
+    return placement.write(user_id, create)
 
 
 def post_update(*, user_id: int, post_id: int, changes: dict) -> Post:
-    with transaction.atomic(using=PRIMARY):
+    def update():
         if not Post.objects.filter(id=post_id, user_id=user_id).update(**changes, updated_at=timezone.now()):
             raise NotFound("post_id", f"No post {post_id} of user {user_id}.")
         post = Post.objects.get(id=post_id)
-    cache.posts_changed(user_id, post_count=False)
-    return post
+        cache.posts_changed(user_id, post_count=False)
+        return post
+
+    return placement.write(user_id, update)
 
 
 def post_delete(*, user_id: int, post_id: int) -> None:
-    with transaction.atomic(using=PRIMARY):
-        deleted = Post.objects.filter(id=post_id, user_id=user_id)._raw_delete(PRIMARY)
-        if not deleted:
+    def delete():
+        if not Post.objects.filter(id=post_id, user_id=user_id)._raw_delete(db.write_alias()):
             raise NotFound("post_id", f"No post {post_id} of user {user_id}.")
         User.objects.filter(id=user_id).update(post_count=F("post_count") - 1)
-    cache.posts_changed(user_id, post_count=True)
+        cache.posts_changed(user_id, post_count=True)
+
+    placement.write(user_id, delete)
 
 
 def accounts_reconcile(*, older_than_s: float = 5.0) -> dict:
@@ -225,9 +244,10 @@ def accounts_reconcile(*, older_than_s: float = 5.0) -> dict:
 def _reconcile_locked(account: Account) -> str:
     """Roll one dead protocol forward or back. The caller holds the account's lock."""
     if account.state == Account.PENDING:
-        if User.objects.filter(id=account.user_id).exists():
+        if _find_user(account.user_id) is not None:
             Account.objects.filter(user_id=account.user_id).update(state=Account.ACTIVE)
             return "activated"
+        placement.forget(account.user_id)
         Account.objects.filter(user_id=account.user_id).delete()
         return "removed"
     if account.state == "updating":

@@ -80,14 +80,21 @@ def _database(url: str) -> dict:
     return db
 
 
-# `default` is the meta database (accounts, global uniqueness); `primary` holds users and posts
-# and streams to the replicas the topology asks for. api.routing.db.Router picks the node.
-DATABASES = {
-    "default": _database(STACK.meta_db_url),
-    "primary": _database(STACK.data_database_url),
-    **{f"replica-{i}": {**_database(STACK.replica_url(i)), "TEST": {"MIRROR": "primary"}}
-       for i in range(1, 5)},
-}
+# `default` is the meta database (accounts, global uniqueness, the shard directory). Users and
+# posts live on shards: shard 1's primary is `primary`, shard k's is `shard-k`; each streams to
+# the replicas the topology asks for. api.routing.db.Router picks the node.
+def _data_databases() -> dict:
+    from api.routing.shards import MAX_REPLICAS, MAX_SHARDS, primary_alias, replica_alias
+    out = {}
+    for k in range(1, MAX_SHARDS + 1):
+        out[primary_alias(k)] = _database(STACK.shard_url(k))
+        for i in range(1, MAX_REPLICAS + 1):
+            out[replica_alias(k, i)] = {**_database(STACK.shard_replica_url(k, i)),
+                                        "TEST": {"MIRROR": primary_alias(k)}}
+    return out
+
+
+DATABASES = {"default": _database(STACK.meta_db_url), **_data_databases()}
 DATABASE_ROUTERS = ["api.routing.db.Router"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "api.Account"

@@ -30,10 +30,11 @@ KEY = "workbench:topology"                 # the document: {"version", "updated_
 VERSION_KEY = "workbench:topology:version"  # its version alone: what workers poll
 REFRESH_S = 1.0                            # a worker checks the version at most this often
 MAX_DB_NODES = 12                          # (replicas + 1) x shards on this machine
-SHARDS = 1                                 # fixed until sharding adds its own field
+# Where users live. Only `python manage.py reshard` changes these, since it moves the rows too.
+PLACEMENT_FIELDS = ("sharding", "shards", "reshard_shards")
 # What the controller carries out (processes, server settings, DDL). Until what runs matches the
 # topology, each such field is reported as pending, with what runs now.
-CONTROLLED_FIELDS = ("replicas", "replication", "replica_delays_ms", "indexes.post_user_time", "pgbouncer",
+CONTROLLED_FIELDS = ("shard_groups", "replicas", "replication", "replica_delays_ms", "indexes.post_user_time", "pgbouncer",
                      "app_servers")
 # Recorded but not carried out by any controller code yet (the load-balancer issue starts app servers).
 NOT_CARRIED_OUT = {"app_servers"}
@@ -116,20 +117,30 @@ class Topology:
     # the app opens a connection per request to it, and it keeps the server connections).
     pgbouncer: bool = _bool(False)
     app_servers: int = field(default_factory=_default_app_servers, metadata={"kind": "int", "low": 1, "high": 8})
+    # Users are placed on a shard by their id (api/routing/shards.py); each shard is a PostgreSQL
+    # primary of its own, with `replicas` replicas. Changed only by `reshard`, which moves the rows.
+    sharding: str = _choice("hash", "hash", "consistent", "modulo", "range", "directory")
+    shards: int = _int(1, 1, 8)
+    # While a reshard runs: the shard count it moves to (0: none). The controller runs
+    # max(shards, reshard_shards) shard groups meanwhile.
+    reshard_shards: int = _int(0, 0, 8)
     indexes: Indexes = _group(Indexes)
     emulation: Emulation = _group(Emulation)
     cache: Cache = _group(Cache)
 
     @property
-    def shards(self) -> int:
-        return SHARDS
+    def shard_groups(self) -> int:
+        """How many shards run: during a reshard, the old ones and the new ones."""
+        return max(self.shards, self.reshard_shards)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def replica_delays_ms(self) -> dict[str, int]:
         """recovery_min_apply_delay per running replica, in whole ms as PostgreSQL keeps it: the
-        stale one lags on purpose, the remote one by a one-way trip."""
+        stale one lags on purpose, the remote one by a one-way trip. Replica i of every shard
+        gets the same delay."""
+        from api.routing.shards import replica_alias
         delays = {}
         for i in range(1, self.replicas + 1):
             delay = 0.0
@@ -137,12 +148,13 @@ class Topology:
                 delay = max(delay, self.emulation.apply_delay_ms)
             if i == self.emulation.remote_replica:
                 delay = max(delay, self.emulation.region_rtt_ms / 2)
-            delays[f"replica-{i}"] = round(delay)
+            for shard in range(1, self.shard_groups + 1):
+                delays[replica_alias(shard, i)] = round(delay)
         return delays
 
     def controlled(self) -> dict:
         """The values of CONTROLLED_FIELDS, as the controller reports what runs."""
-        return {"replicas": self.replicas, "replication": self.replication,
+        return {"shard_groups": self.shard_groups, "replicas": self.replicas, "replication": self.replication,
                 "replica_delays_ms": self.replica_delays_ms(),
                 "indexes.post_user_time": self.indexes.post_user_time, "pgbouncer": self.pgbouncer,
                 "app_servers": self.app_servers}
@@ -241,10 +253,8 @@ def parse(data: dict, *, check_machine: bool = True) -> Topology:
     or no change (not even switching the field off) could be made any more."""
     errors: list[tuple[str, str]] = []
     topology = _build(Topology, data, "", errors)
-    replicas = data.get("replicas") if isinstance(data, dict) else None
-    # The cap is checked even when replicas is out of its own range: both messages help.
-    if isinstance(replicas, int) and not isinstance(replicas, bool):
-        message = node_cap_error(replicas, SHARDS)
+    if topology is not None:
+        message = node_cap_error(topology.replicas, topology.shard_groups)
         if message:
             errors.append(("replicas", message))
     if topology is not None:
@@ -335,6 +345,14 @@ return v + 1
 """
 
 
+def _check_placement_unchanged(old: Topology, new: Topology) -> None:
+    errors = [(name, f"changes only with `python manage.py reshard --to N --strategy S`, which moves "
+                     f"the rows as well (now {getattr(old, name)!r}, asked {getattr(new, name)!r})")
+              for name in PLACEMENT_FIELDS if getattr(old, name) != getattr(new, name)]
+    if errors:
+        raise TopologyError(errors)
+
+
 class Conflict(RuntimeError):
     """Too many concurrent writers in a row; the caller may retry."""
 
@@ -355,12 +373,15 @@ class Store:
     def version(self) -> int:
         return int(self.client.get(self.version_key) or 0)
 
-    def update(self, change, updated_by: str, attempts: int = 200) -> Document:
+    def update(self, change, updated_by: str, attempts: int = 200, resharding: bool = False) -> Document:
         """Apply `change(current topology dict) -> new dict` atomically; returns the new document.
-        An invalid result raises TopologyError and nothing is written."""
+        An invalid result raises TopologyError and nothing is written. The placement fields change
+        only with `resharding` (the reshard command), since changing them means moving rows."""
         for _ in range(attempts):
             now = self.read()
             topology = parse(change(now.topology.to_dict()))
+            if not resharding:
+                _check_placement_unchanged(now.topology, topology)
             doc = Document(topology, now.version + 1,
                            datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                            updated_by)

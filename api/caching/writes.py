@@ -83,9 +83,9 @@ def posts_changed(user_id: int, *, post_count: bool) -> None:
 
 
 def _after_commit(user_id, *, user, user_entry: bool, posts: bool) -> None:
-    from api.routing.db import PRIMARY
+    from api.routing.db import write_alias  # the shard the write runs on
     transaction.on_commit(lambda: invalidate(user_id, user=user, user_entry=user_entry, posts=posts),
-                          using=PRIMARY)
+                          using=write_alias())
 
 
 def invalidate(user_id: int, *, user=None, user_entry: bool = True, posts: bool = True) -> None:

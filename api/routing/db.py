@@ -1,19 +1,22 @@
-"""Which database node answers each query: the one router for meta, the primary and its replicas.
+"""Which database node answers each query: the one router for meta, the shards and their replicas.
 
-`meta` (alias `default`) holds accounts and anything global; users and posts live on the data
-primary, which streams to up to four read replicas (aliases `replica-1` ... `replica-4`).
+`meta` (alias `default`) holds accounts and anything global; users and posts live on shards. Each
+shard is a primary (`primary` for shard 1, `shard-k` otherwise) streaming to up to four read
+replicas (api.routing.shards names them). Which shard a query goes to is this context's shard
+(`on_shard`), which api.routing.placement sets from the user id every request carries.
 
-- Writes, and every read in a request that writes, go to the primary.
-- A GET or HEAD picks one node for all its reads, at its first read, by the topology's read
+- Writes, and every read in a request that writes, go to the shard's primary.
+- A GET or HEAD picks one node per shard for all its reads there, at its first read, by the read
   policy: round_robin, random or least_lag. A replica is skipped when the controller reports it
   down or behind `max_lag_ms` (api.routing.nodes), or when it failed here moments ago.
 - Read-your-writes: after a client's write, its reads go to the primary for `read_your_writes_s`.
   The client is the `X-Client-Id` header until the gateway adds tokens.
 - A read that fails on a replica is retried once, on the primary (see ApiView.handle_exception).
-Outside a request (management commands, the reconciler) everything uses the primary.
+Outside a request (management commands, the reconciler) everything uses the shard's primary.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -26,15 +29,16 @@ from dataclasses import dataclass, field
 from workbench import topology
 
 from . import nodes
+from .shards import MAX_REPLICAS, MAX_SHARDS, display_name, parse_alias, primary_alias, replica_alias
 
 log = logging.getLogger(__name__)
 
-DATA_MODELS = {"user", "post"}
-PRIMARY = "primary"
+DATA_MODELS = {"user", "post", "shardfence"}
+PRIMARY = "primary"          # shard 1's primary
 META = "default"
-MAX_REPLICAS = 4
-REPLICAS = [f"replica-{i}" for i in range(1, MAX_REPLICAS + 1)]
-DATA_ALIASES = {PRIMARY, *REPLICAS}
+PRIMARIES = [primary_alias(k) for k in range(1, MAX_SHARDS + 1)]
+REPLICAS = [replica_alias(k, i) for k in range(1, MAX_SHARDS + 1) for i in range(1, MAX_REPLICAS + 1)]
+DATA_ALIASES = {*PRIMARIES, *REPLICAS}
 SUSPECT_S = 2.0            # a replica that just failed here is avoided this long
 RYW_KEY = "workbench:ryw:{}"
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -46,8 +50,34 @@ def is_data_model(model) -> bool:
 
 
 def node_name(alias: str) -> str:
-    """The name a node goes by in headers, metrics and the controller: meta, primary, replica-N."""
-    return "meta" if alias == META else alias
+    """The name a node goes by in headers: meta, primary, replica-N; shard-K/primary and
+    shard-K/replica-N once there is more than one shard (metrics and the controller use aliases)."""
+    if alias == META:
+        return "meta"
+    return display_name(alias, topology.current().topology.shard_groups > 1)
+
+
+# --- the shard this context works on -------------------------------------------------------------
+_shard: contextvars.ContextVar[int] = contextvars.ContextVar("db_shard", default=1)
+
+
+@contextlib.contextmanager
+def on_shard(shard: int):
+    """Run the block's data queries on `shard` (1-based)."""
+    token = _shard.set(shard)
+    try:
+        yield
+    finally:
+        _shard.reset(token)
+
+
+def current_shard() -> int:
+    return _shard.get()
+
+
+def write_alias() -> str:
+    """The primary of this context's shard."""
+    return primary_alias(_shard.get())
 
 
 @dataclass
@@ -55,7 +85,7 @@ class RequestRouting:
     """One request's routing: whether it may read from a replica, the node it chose, the nodes used."""
     reads_may_use_replicas: bool
     client_id: str | None = None
-    read_alias: str | None = None
+    read_aliases: dict = field(default_factory=dict)  # shard -> the node its reads use
     retried: bool = False
     avoid: set = field(default_factory=set)
     used: list = field(default_factory=list)
@@ -79,26 +109,35 @@ def end_request(token) -> RequestRouting | None:
 
 
 def read_alias() -> str:
+    shard = _shard.get()
     routing = _request.get()
     if routing is None or not routing.reads_may_use_replicas:
-        return PRIMARY
-    if routing.read_alias is None:
-        routing.read_alias = choose(routing)
-    return routing.read_alias
+        return primary_alias(shard)
+    if shard not in routing.read_aliases:
+        routing.read_aliases[shard] = choose(routing, shard)
+    return routing.read_aliases[shard]
 
 
-def choose(routing: RequestRouting) -> str:
+def read_on_primary() -> None:
+    """This request's later reads on this context's shard go to its primary."""
+    routing = _request.get()
+    if routing is not None:
+        routing.read_aliases[_shard.get()] = primary_alias(_shard.get())
+
+
+def choose(routing: RequestRouting, shard: int = 1) -> str:
     t = topology.current().topology
+    primary = primary_alias(shard)
     if t.replicas == 0:
-        return PRIMARY
+        return primary
     if t.read_your_writes_s > 0 and routing.client_id and _wrote_recently(routing.client_id):
-        return PRIMARY
+        return primary
     report = nodes.current()
     now = time.monotonic()
-    candidates = [r for r in report.usable_replicas(t.replicas, t.max_lag_ms)
+    candidates = [r for r in report.usable_replicas(t.replicas, t.max_lag_ms, shard)
                   if r not in routing.avoid and _suspects.get(r, 0) < now]
     if not candidates:
-        return PRIMARY
+        return primary
     _follow_restarts(report, candidates)
     if t.read_policy == "random":
         return random.choice(candidates)
@@ -113,14 +152,19 @@ def retry_read(exc: Exception) -> bool:
     once more (at most once), on the primary, which is always there and never behind. The replica
     is avoided here for a while, and its pool's dead idle connections are dropped."""
     routing = _request.get()
-    if routing is None or routing.retried or not _is_db_error(exc) or routing.read_alias not in REPLICAS:
+    failed = [a for a in routing.read_aliases.values() if a in REPLICAS] if routing else []
+    if routing is None or routing.retried or not _is_db_error(exc) or not failed:
         return False
-    failed = routing.read_alias
+    # Which replica failed is not known here when a request read from several shards: all of
+    # them are retried on their primaries, and only a replica whose pool check fails is purged.
     with _suspects_lock:
-        _suspects[failed] = time.monotonic() + SUSPECT_S
-    routing.avoid.add(failed)
-    routing.retried, routing.read_alias = True, PRIMARY
-    _purge(failed)
+        for alias in failed:
+            _suspects[alias] = time.monotonic() + SUSPECT_S
+    routing.avoid.update(failed)
+    routing.retried = True
+    routing.read_aliases = {parse_alias(a)[0]: primary_alias(parse_alias(a)[0]) for a in failed}
+    for alias in failed:
+        _purge(alias)
     return True
 
 
@@ -186,13 +230,13 @@ class Router:
         return read_alias() if is_data_model(model) else META
 
     def db_for_write(self, model, **hints):
-        return PRIMARY if is_data_model(model) else META
+        return write_alias() if is_data_model(model) else META
 
     def allow_relation(self, obj1, obj2, **hints):
         return is_data_model(type(obj1)) == is_data_model(type(obj2))
 
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         if app_label == "api" and model_name in DATA_MODELS:
-            return db == PRIMARY
+            return db in PRIMARIES
         # Everything else is global and lives in meta; contenttypes and auth stay out of data DBs.
         return db == META

@@ -35,15 +35,18 @@ class Report:
     def fresh(self, now: float | None = None) -> bool:
         return (now or time.time()) - self.at < STALE_S
 
-    def usable_replicas(self, count: int, max_lag_ms: float) -> list[str]:
-        """Replicas 1..count that are up, streaming and within max_lag_ms, as of a fresh report."""
+    def usable_replicas(self, count: int, max_lag_ms: float, shard: int = 1) -> list[str]:
+        """The shard's replicas 1..count that are up, streaming and within max_lag_ms, as of a
+        fresh report."""
+        from .shards import replica_alias
         if not self.fresh():
             return []
         out = []
         for i in range(1, count + 1):
-            node = self.nodes.get(f"replica-{i}")
+            name = replica_alias(shard, i)
+            node = self.nodes.get(name)
             if node and node.get("healthy") and node.get("lag_ms", math.inf) <= max_lag_ms:
-                out.append(f"replica-{i}")
+                out.append(name)
         return out
 
     def lag_ms(self, name: str) -> float:

@@ -12,7 +12,13 @@ functions of the user id (no I/O). The router, resharding and the lessons all us
 - `range`: the id space (time, for snowflakes) cut into N equal slices from the id epoch to
   RANGE_YEARS later. Every new user lands in the slice of "now": one hot shard takes every write.
 Shards are numbered 1..N, as in the seed's "Shard 1" and in `X-DB-Node: shard-1/primary`.
-(`directory` keeps an explicit table in `meta`; it is not a pure function and lives with it.)
+(`directory` keeps an explicit table in `meta`; it is not a pure function and lives in
+api/routing/placement.py, which also follows a reshard in progress.)
+
+Node names (also the Django database aliases and the controller's process names): shard 1 is
+`primary` with `replica-1..4`, as before sharding; shard k >= 2 is `shard-k` with
+`shard-k-replica-1..4`. Headers show them as `shard-k/primary` and `shard-k/replica-i` once there
+is more than one shard (DESIGN.md section 2).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import hashlib
 
 from .ids import GENERATOR_BITS, SEQUENCE_BITS
 
-STRATEGIES = ("hash", "consistent", "modulo", "range")
+STRATEGIES = ("hash", "consistent", "modulo", "range")  # the pure ones; plus "directory"
 MAX_SHARDS = 8
 # Points per shard on the ring. Arcs of random points vary like 1/sqrt(VNODES): with 160 a shard
 # owned up to 24% more than its share (N=8); with 4096 every shard's arc is within 3% of 1/N for
@@ -85,3 +91,47 @@ def moved_fraction(user_ids, strategy: str, before: int, after: int) -> float:
     moved = sum(shard_of(u, before, strategy) != shard_of(u, after, strategy) for u in ids)
     return moved / len(ids) if ids else 0.0
 
+
+
+# --- node names ----------------------------------------------------------------------------------
+MAX_REPLICAS = 4
+
+
+def primary_alias(shard: int) -> str:
+    return "primary" if shard == 1 else f"shard-{shard}"
+
+
+def replica_alias(shard: int, index: int) -> str:
+    return f"replica-{index}" if shard == 1 else f"shard-{shard}-replica-{index}"
+
+
+def all_aliases() -> list[str]:
+    """Every data node alias that can exist: MAX_SHARDS primaries, each with MAX_REPLICAS replicas."""
+    return [a for k in range(1, MAX_SHARDS + 1)
+            for a in [primary_alias(k)] + [replica_alias(k, i) for i in range(1, MAX_REPLICAS + 1)]]
+
+
+def parse_alias(alias: str) -> tuple[int, int] | None:
+    """(shard, replica index; 0 for the primary) of a data node alias, or None for anything else."""
+    if alias == "primary":
+        return 1, 0
+    parts = alias.split("-")
+    try:
+        if parts[0] == "replica" and len(parts) == 2:
+            return 1, int(parts[1])
+        if parts[0] == "shard" and len(parts) == 2:
+            return int(parts[1]), 0
+        if parts[0] == "shard" and len(parts) == 4 and parts[2] == "replica":
+            return int(parts[1]), int(parts[3])
+    except ValueError:
+        return None
+    return None
+
+
+def display_name(alias: str, sharded: bool) -> str:
+    """`primary`, `replica-2` without sharding; `shard-1/primary`, `shard-3/replica-1` with it."""
+    where = parse_alias(alias)
+    if where is None or not sharded:
+        return alias
+    shard, index = where
+    return f"shard-{shard}/" + (f"replica-{index}" if index else "primary")

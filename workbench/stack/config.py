@@ -69,6 +69,22 @@ class StackConfig:
         """Port of read replica `index` (1-based, replica-1 ... replica-4) of the data primary."""
         return self.service_port_base + 1 + index
 
+    def shard_pg_port(self, shard: int) -> int:
+        """Primary of shard `shard` (1-based). Shard 1 is the data primary; shard k >= 2 sits at
+        service base + 10k, with its replicas just above it (+1 .. +4)."""
+        return self.data_pg_port if shard == 1 else self.service_port_base + 10 * shard
+
+    def shard_replica_port(self, shard: int, index: int) -> int:
+        return self.replica_port(index) if shard == 1 else self.shard_pg_port(shard) + index
+
+    def shard_url(self, shard: int) -> str:
+        if shard == 1:
+            return self.data_database_url
+        return f"postgres://workbench@127.0.0.1:{self.shard_pg_port(shard)}/workbench"
+
+    def shard_replica_url(self, shard: int, index: int) -> str:
+        return f"postgres://workbench@127.0.0.1:{self.shard_replica_port(shard, index)}/workbench"
+
     @property
     def pgbouncer_port(self) -> int:
         """PgBouncer in front of the data primary, when the topology asks for it."""

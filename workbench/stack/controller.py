@@ -21,6 +21,7 @@ from . import apps, caddy, config, datanodes, postgres, valkey
 from .process import ProcessSpec, Supervised, stop_tree
 
 HEALTH_INTERVAL = 1.0
+ENGINE_ROLES = ("postgres", "pgbouncer", "valkey")  # what the app tier depends on: stopped last
 MAX_BACKOFF = 30.0
 
 
@@ -185,8 +186,9 @@ class Controller:
             procs = list(self.procs.values())
             if self.run_proc and self.run_proc.poll() is None:
                 stop_tree(self.run_proc.pid, timeout=5)
-        # Front to back: nothing accepts requests while what it depends on goes away.
-        for proc in reversed(procs):
+        # Front to back: nothing accepts requests while what it depends on goes away. Data nodes
+        # started after the app servers (shards, replicas added live) still go after them.
+        for proc in sorted(reversed(procs), key=lambda p: p.spec.role in ENGINE_ROLES):
             proc.stop()
             self.log("stopped", name=proc.spec.name, pid=proc.pid)
         (self.cfg.run_dir / "processes.json").unlink(missing_ok=True)

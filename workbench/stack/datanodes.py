@@ -1,22 +1,30 @@
 """The controller's side of the data tier: it makes the running PostgreSQL nodes match the topology
 and reports what they are doing.
 
-- `apply` (its own thread) carries out the topology: streaming replicas made with
-  `pg_basebackup -R` and started or retired, the replication mode (synchronous_standby_names and
-  synchronous_commit on the primary), each replica's apply delay (recovery_min_apply_delay, for
-  the stale-read and region lessons), the supporting index (query optimization), and PgBouncer
-  in front of the primary when the topology asks for it (workbench/stack/pgbouncer.py).
+The data tier is `shard_groups` shard groups (api/routing/shards.py names their nodes): shard 1 is
+the data primary that bring-up starts (process pg-primary, alias `primary`) with `replica-1..4`;
+shard k >= 2 is a PostgreSQL primary of its own, `shard-k`, with `shard-k-replica-1..4`. Each
+group is carried out alike (a ShardGroup knows its nodes' aliases, URLs, ports and directories).
+
+- `apply` (its own thread) carries out the topology: shard primaries started (initdb, then
+  `migrate --database shard-k`) or retired (only once they hold no users: a reshard moves them
+  off first), and for every shard its streaming replicas made with `pg_basebackup -R` from its own
+  primary and started or retired, the replication mode (synchronous_standby_names and
+  synchronous_commit on its primary), each replica's apply delay (recovery_min_apply_delay, for
+  the stale-read and region lessons) and the supporting index (query optimization); PgBouncer
+  in front of shard 1's primary when the topology asks for it (workbench/stack/pgbouncer.py).
 - `monitor` (another thread) samples every node each `sample_interval_s`: health, replay lag in
-  WAL bytes and in milliseconds, connections. It publishes the sample with what runs and what is
-  being done (api.routing.nodes), which the router, `status` and the admin API read.
+  WAL bytes and in milliseconds, and once a second connections, plus each primary's users and
+  posts (n_live_tup, cheap). It publishes the sample with what runs and what is being done
+  (api.routing.nodes), which the router, `status` and the admin API read.
 
 Lag: each replica is asked for its replay position (pg_last_wal_replay_lsn); the primary's
 pg_stat_replication only learns it from the replica's status messages, which can be 10 s apart
-when the replica is idle. In WAL bytes, lag is the primary's current position minus that. In
-milliseconds, the monitor remembers when it first saw each primary WAL position, so a replica that
-has not replayed position P is (now - first time P was seen) behind: exact to one sample interval,
-and unlike pg_stat_replication.replay_lag it does not go blank while a replica is idle or delayed.
-The monitor keeps one connection per node open between samples.
+when the replica is idle. In WAL bytes, lag is its primary's current position minus that. In
+milliseconds, the monitor remembers when it first saw each WAL position of each shard's primary,
+so a replica that has not replayed position P is (now - first time P was seen) behind: exact to
+one sample interval, and unlike pg_stat_replication.replay_lag it does not go blank while a
+replica is idle or delayed. The monitor keeps one connection per node open between samples.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import collections
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -32,19 +41,74 @@ import redis
 
 from api import queries
 from api.caching import metrics as cache_metrics
-from api.routing import nodes, stats
+from api.routing import nodes, shards, stats
 from workbench import parameters, topology
 
-from . import binaries, pgbouncer, ports, postgres
-from .process import as_user
+from . import binaries, config, pgbouncer, ports, postgres
+from .process import Supervised, as_user
 
-MAX_REPLICAS = 4
+MAX_REPLICAS = shards.MAX_REPLICAS
 APPLY_INTERVAL_S = 0.25
 REAPPLY_S = 5.0
+DATA_DATABASE = "workbench"
+CURRENT_LSN = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')"
+REPLAY_LSN = "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')"
+STREAMS = "SELECT application_name, state, sync_state FROM pg_stat_replication"
+CONNECTIONS = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+               "AND datname = 'workbench' AND pid <> pg_backend_pid()")
+# The statistics' live-row estimates: no table scan, exact enough for "how many users on this shard".
+ROW_COUNTS = "SELECT relname, n_live_tup FROM pg_stat_user_tables WHERE relname IN ('api_user', 'api_post')"
 
 
 def slot_name(index: int) -> str:
     return f"replica_{index}"  # also the replica's cluster_name, which it reports as application_name
+
+
+def node_url(cfg: config.StackConfig, alias: str) -> str:
+    shard, index = shards.parse_alias(alias)
+    return cfg.shard_replica_url(shard, index) if index else cfg.shard_url(shard)
+
+
+@dataclass(frozen=True)
+class ShardGroup:
+    """Shard `number`'s nodes: its primary and replicas 1..MAX_REPLICAS. Their aliases are the
+    Django database aliases, the names in the report and the process names (but for shard 1's
+    primary, which bring-up starts as pg-primary); each has a URL, a port and a data directory."""
+    cfg: config.StackConfig
+    number: int
+
+    @property
+    def primary(self) -> str:
+        return shards.primary_alias(self.number)
+
+    @property
+    def process(self) -> str:
+        return "pg-primary" if self.number == 1 else self.primary
+
+    @property
+    def source(self) -> str:
+        """How progress messages name its primary."""
+        return "the primary" if self.number == 1 else self.primary
+
+    @property
+    def port(self) -> int:
+        return self.cfg.shard_pg_port(self.number)
+
+    def replica(self, index: int) -> str:
+        return shards.replica_alias(self.number, index)
+
+    def replica_port(self, index: int) -> int:
+        return self.cfg.shard_replica_port(self.number, index)
+
+    def data_dir(self, alias: str) -> Path:
+        return self.cfg.data_dir / "pg" / alias
+
+
+def _agreed(per_shard: dict):
+    """One value when every shard runs the same (what the topology asks for is one value), else the
+    value per shard primary, so a change that has reached some shards only still shows as pending."""
+    values = list(per_shard.values())
+    return values[0] if all(v == values[0] for v in values) else per_shard
 
 
 class DataNodes:
@@ -55,26 +119,43 @@ class DataNodes:
         self.store = topology.Store(self.state)
         self.interval = parameters.lag()["sample_interval_s"]
         self.progress: str | None = None
+        self.refusals: list[str] = []  # what the last apply pass would not do (a shard still holding users)
         self.version = 0
         self.running: dict = {}
-        self.history: collections.deque = collections.deque(maxlen=20_000)  # (monotonic time, primary LSN)
+        self.ready: set[str] = set()  # shard primaries (k >= 2) started and migrated
+        self.refused: set[str] = set()  # shard primaries not retired since they hold users
+        self.history: dict[str, collections.deque] = {}  # per shard primary: (monotonic time, its LSN)
         self.down_since: dict[str, float] = {}
         self.conns: dict[str, psycopg.Connection] = {}  # the monitor's own, one per node
+        self.last_counts: dict[str, dict] = {}  # per node: connections, and on primaries users, posts
+        self.last_report: nodes.Report | None = None
+        self.last_pools: dict = {}
         self.state.delete(stats.KEY, cache_metrics.KEY)  # counts start with the stack
 
-    # --- connections ----------------------------------------------------------------------------
-    def _url(self, node: str) -> str:
-        if node == "primary":
-            return self.cfg.data_database_url
-        return self.cfg.replica_url(int(node.split("-")[1]))
-
+    # --- connections and what runs ---------------------------------------------------------------
     def _sql(self, node: str, sql: str, params=(), autocommit=True):
-        with psycopg.connect(self._url(node), connect_timeout=2, autocommit=autocommit) as conn:
+        with psycopg.connect(node_url(self.cfg, node), connect_timeout=2, autocommit=autocommit) as conn:
             return conn.execute(sql, params).fetchall()
 
-    def replica_names(self) -> list[str]:
+    def group(self, number: int) -> ShardGroup:
+        return ShardGroup(self.cfg, number)
+
+    def _live(self) -> dict[str, Supervised]:
         with self.ctl.lock:
-            return sorted(n for n, p in self.ctl.procs.items() if n.startswith("replica-") and not p.retired)
+            return {name: proc for name, proc in self.ctl.procs.items() if not proc.retired}
+
+    def _shard_processes(self, live: dict | None = None) -> list[ShardGroup]:
+        """Shard 1, and every shard whose primary process runs (migrated or not yet)."""
+        live = self._live() if live is None else live
+        return [self.group(k) for k in range(1, shards.MAX_SHARDS + 1) if k == 1 or self.group(k).primary in live]
+
+    def running_groups(self) -> list[ShardGroup]:
+        """The shard groups that serve: shard 1, and every shard started and migrated."""
+        return [g for g in self._shard_processes() if g.number == 1 or g.primary in self.ready]
+
+    def replica_names(self, group: ShardGroup, live: dict | None = None) -> list[str]:
+        live = self._live() if live is None else live
+        return [group.replica(i) for i in range(1, MAX_REPLICAS + 1) if group.replica(i) in live]
 
     # --- carrying out the topology -------------------------------------------------------------
     def apply_forever(self) -> None:
@@ -90,76 +171,81 @@ class DataNodes:
                 self.version = doc.version
                 self.apply(doc.topology)
                 applied_version = doc.version
-                self.progress = None
+                self.progress = "; ".join(self.refusals) or None
             except Exception as exc:  # report it and try again; the stack keeps running meanwhile
                 self.progress = f"failed, retrying: {exc}"
                 self.ctl.log("topology_apply_failed", error=str(exc))
                 self.ctl.stopping.wait(2.0)
 
     def apply(self, t: topology.Topology) -> None:
-        if t.replication == "async":
-            self._set_replication("async")  # before any replica goes, so no commit waits on it
-        for i in range(1, MAX_REPLICAS + 1):
-            name = f"replica-{i}"
-            if i <= t.replicas and name not in self.replica_names():
-                self._start_replica(i)
-            elif i > t.replicas and name in self.replica_names():
-                self._retire_replica(i)
-        self._set_replication(t.replication)
-        for name, delay in t.replica_delays_ms().items():
-            self._set_apply_delay(name, delay)
-        self._set_index(t.indexes.post_user_time)
+        """Every shard group is carried out on its own: one that fails (a port in use, a primary
+        restarting) does not hold up the others; the first failure is raised at the end."""
+        self.refusals = []
+        errors = []
+
+        def attempt(step, *args):
+            try:
+                step(*args)
+            except Exception as exc:
+                errors.append(exc)
+
+        for k in range(2, t.shard_groups + 1):
+            if self.group(k).primary not in self.ready:
+                attempt(self._start_shard, self.group(k))
+        for group in self.running_groups():
+            if group.number <= t.shard_groups:
+                attempt(self._apply_group, group, t)
+        for group in reversed(self._shard_processes()):
+            if group.number > t.shard_groups:
+                attempt(self._retire_shard, group)
         if t.pgbouncer and not self._pgbouncer_running():
-            self._start_pgbouncer()
+            attempt(self._start_pgbouncer)
         elif not t.pgbouncer and self._pgbouncer_running():
-            self._retire_pgbouncer()
+            attempt(self._retire_pgbouncer)
         self.running = self.read_running()
+        if errors:
+            raise errors[0]
+
+    def _apply_group(self, group: ShardGroup, t: topology.Topology) -> None:
+        """One shard's replicas, replication mode, apply delays and supporting index."""
+        if t.replication == "async":
+            self._set_replication(group, "async")  # before any replica goes, so no commit waits on it
+        for i in range(1, MAX_REPLICAS + 1):
+            running = group.replica(i) in self.replica_names(group)
+            if i <= t.replicas and not running:
+                self._start_replica(group, i)
+            elif i > t.replicas and running:
+                self._retire_replica(group, i)
+        self._set_replication(group, t.replication)
+        delays = t.replica_delays_ms()
+        for i in range(1, t.replicas + 1):
+            self._set_apply_delay(group.replica(i), delays.get(group.replica(i), 0))
+        self._set_index(group, t.indexes.post_user_time)
 
     def read_running(self) -> dict:
-        names = self.replica_names()
-        delays = {name: self._apply_delay(name) for name in names}
-        index = self._sql("primary", queries.INDEX_STATE, (queries.SUPPORTING_INDEX,))
-        return {"replicas": len(names), "replication": self._replication_mode(),
-                "replica_delays_ms": delays, "indexes.post_user_time": bool(index and index[0][0]),
+        groups = self.running_groups()
+        live = self._live()
+        replicas = {g.primary: self.replica_names(g, live) for g in groups}
+        return {"shard_groups": len(groups),
+                "replicas": _agreed({primary: len(names) for primary, names in replicas.items()}),
+                "replication": _agreed({g.primary: self._replication_mode(g) for g in groups}),
+                "replica_delays_ms": {name: self._apply_delay(name) for names in replicas.values() for name in names},
+                "indexes.post_user_time": _agreed({g.primary: self._index_state(g)[0] for g in groups}),
                 "pgbouncer": self._pgbouncer_running(), "app_servers": self.cfg.app_servers}
 
     def _say(self, progress: str) -> None:
         self.progress = progress
         self.ctl.log("topology_progress", progress=progress)
 
-    def _start_replica(self, index: int) -> None:
-        name = f"replica-{index}"
-        data_dir = self.cfg.data_dir / "pg" / name
-        if not (data_dir / "PG_VERSION").exists():
-            self._say(f"copying the primary into {name} (pg_basebackup)")
-            self._base_backup(index, data_dir)
-        self._say(f"starting {name}")
-        port = self.cfg.replica_port(index)
+    def _start_postgres(self, name: str, port: int, data_dir: Path, settings: dict | None = None) -> None:
+        """Start a data node the controller owns (a shard primary, a replica) on its port."""
         if ports.in_use(port):
             raise RuntimeError(f"port {port}, wanted for {name}, is in use: {ports.holder(port)}")
-        spec = postgres.spec(name, data_dir, self.cfg.replica_port(index), self.cfg.log_dir / f"pg-{name}.log",
-                             settings={"cluster_name": slot_name(index), "hot_standby_feedback": "on"})
-        self.ctl._start(spec)
-        self.ctl.log("replica_started", name=name, port=spec.port)
-        self.running = self.read_running()  # what runs is reported as each step lands
+        self._say(f"starting {name}")
+        self.ctl._start(postgres.spec(name, data_dir, port, self.cfg.log_dir / f"pg-{name}.log", settings=settings))
 
-    def _base_backup(self, index: int, data_dir: Path) -> None:
-        # A fresh slot keeps the primary from recycling WAL the replica has not received yet.
-        self._drop_slot(index)
-        if data_dir.exists():
-            shutil.rmtree(data_dir)
-        port = self.cfg.data_pg_port
-        argv = [str(binaries.postgres_bin_dir() / "pg_basebackup"), "-D", str(data_dir), "-h", "127.0.0.1",
-                "-p", str(port), "-U", postgres.DB_USER, "-X", "stream", "-R", "-C", "-S", slot_name(index),
-                "--checkpoint=fast", "--no-sync"]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                                **as_user(postgres.run_as()))
-        if result.returncode != 0:
-            raise RuntimeError(f"pg_basebackup for replica-{index} failed: {result.stderr.strip()[-500:]}")
-
-    def _retire_replica(self, index: int) -> None:
-        name = f"replica-{index}"
-        self._say(f"stopping {name}")
+    def _stop_process(self, name: str) -> None:
+        """Stop a process on purpose: retired, the supervisor does not restart it."""
         with self.ctl.lock:
             proc = self.ctl.procs.get(name)
         if proc:
@@ -167,26 +253,107 @@ class DataNodes:
             with self.ctl.lock:
                 self.ctl.procs.pop(name, None)
             self.ctl._save_pids()
-        self._drop_slot(index)
+
+    # --- shard primaries ---------------------------------------------------------------------------
+    def _start_shard(self, group: ShardGroup) -> None:
+        """Shard k >= 2: its own cluster (made once), started, then migrated like the primary. It
+        serves (counts in `shard_groups`) only once migrated; a failed migration is retried."""
+        name = group.primary
+        if name not in self._live():
+            data_dir = group.data_dir(name)
+            if not (data_dir / "PG_VERSION").exists():
+                self._say(f"initialising {name} (initdb)")
+                postgres.init_cluster(data_dir)
+            self._start_postgres(name, group.port, data_dir)
+            postgres.ensure_database(group.port, DATA_DATABASE)
+        self._say(f"migrating {name}")
+        self.ctl._manage("migrate", "--database", name, "--noinput")
+        self.ready.add(name)
+        self.ctl.log("shard_started", name=name, port=group.port)
+        self.running = self.read_running()
+
+    def _stored_users(self, group: ShardGroup) -> int:
+        try:
+            return int(self._sql(group.primary, "SELECT count(*) FROM api_user")[0][0])
+        except psycopg.errors.UndefinedTable:  # never migrated: it holds nothing
+            return 0
+
+    def _retire_shard(self, group: ShardGroup) -> None:
+        """Stop a shard the topology no longer runs and delete its data: only when it holds no
+        users. One that still does is left running and said so (a reshard moves them off first)."""
+        name = group.primary
+        users = self._stored_users(group)  # raises while it is down: nothing is deleted then
+        if users:
+            refusal = f"not retiring {name}: it still holds {users:,} users (a reshard moves them off first)"
+            if name not in self.refused:  # logged once, said on every pass
+                self.ctl.log("shard_retire_refused", name=name, users=users)
+            self.refused.add(name)
+            self.refusals.append(refusal)
+            self.progress = refusal
+            return
+        self._say(f"retiring {name}")
+        for i in range(MAX_REPLICAS, 0, -1):
+            if group.replica(i) in self.replica_names(group):
+                self._retire_replica(group, i)
+        self.ready.discard(name)
+        self._stop_process(name)
+        for alias in [name] + [group.replica(i) for i in range(1, MAX_REPLICAS + 1)]:
+            shutil.rmtree(group.data_dir(alias), ignore_errors=True)
+        self.refused.discard(name)
+        self.ctl.log("shard_retired", name=name)
+        self.running = self.read_running()
+
+    # --- replicas ------------------------------------------------------------------------------------
+    def _start_replica(self, group: ShardGroup, index: int) -> None:
+        name = group.replica(index)
+        data_dir = group.data_dir(name)
+        if not (data_dir / "PG_VERSION").exists():
+            self._say(f"copying {group.source} into {name} (pg_basebackup)")
+            self._base_backup(group, index, data_dir)
+        self._start_postgres(name, group.replica_port(index), data_dir,
+                             settings={"cluster_name": slot_name(index), "hot_standby_feedback": "on"})
+        self.ctl.log("replica_started", name=name, port=group.replica_port(index))
+        self.running = self.read_running()  # what runs is reported as each step lands
+
+    def _base_backup(self, group: ShardGroup, index: int, data_dir: Path) -> None:
+        # A fresh slot keeps the primary from recycling WAL the replica has not received yet.
+        self._drop_slot(group, index)
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        argv = [str(binaries.postgres_bin_dir() / "pg_basebackup"), "-D", str(data_dir), "-h", "127.0.0.1",
+                "-p", str(group.port), "-U", postgres.DB_USER, "-X", "stream", "-R", "-C", "-S", slot_name(index),
+                "--checkpoint=fast", "--no-sync"]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                                **as_user(postgres.run_as()))
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_basebackup for {group.replica(index)} failed: {result.stderr.strip()[-500:]}")
+
+    def _retire_replica(self, group: ShardGroup, index: int) -> None:
+        name = group.replica(index)
+        self._say(f"stopping {name}")
+        self._stop_process(name)
+        self._drop_slot(group, index)
         # A retired replica's copy only goes staler; the next one starts from a fresh base backup.
-        shutil.rmtree(self.cfg.data_dir / "pg" / name, ignore_errors=True)
+        shutil.rmtree(group.data_dir(name), ignore_errors=True)
         self.ctl.log("replica_retired", name=name)
         self.running = self.read_running()
 
-    def _drop_slot(self, index: int) -> None:
-        self._sql("primary", "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                             "WHERE slot_name = %s AND NOT active", (slot_name(index),))
+    def _drop_slot(self, group: ShardGroup, index: int) -> None:
+        self._sql(group.primary, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                 "WHERE slot_name = %s AND NOT active", (slot_name(index),))
 
-    def _replication_mode(self) -> str:
-        names, commit = self._sql("primary", "SELECT current_setting('synchronous_standby_names'), "
-                                             "current_setting('synchronous_commit')")[0]
+    # --- replication mode, apply delay, supporting index ---------------------------------------------
+    def _replication_mode(self, group: ShardGroup) -> str:
+        names, commit = self._sql(group.primary, "SELECT current_setting('synchronous_standby_names'), "
+                                                 "current_setting('synchronous_commit')")[0]
         return "async" if not names or commit not in ("remote_write", "remote_apply") else commit
 
-    def _set_replication(self, mode: str) -> None:
-        if self._replication_mode() == mode:
+    def _set_replication(self, group: ShardGroup, mode: str) -> None:
+        if self._replication_mode(group) == mode:
             return
-        self._say(f"setting replication to {mode}")
-        with psycopg.connect(self._url("primary"), autocommit=True, connect_timeout=2) as conn:
+        self._say(f"setting replication to {mode}" if group.number == 1
+                  else f"setting {group.primary}'s replication to {mode}")
+        with psycopg.connect(node_url(self.cfg, group.primary), autocommit=True, connect_timeout=2) as conn:
             if mode == "async":
                 conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
                 conn.execute("ALTER SYSTEM RESET synchronous_commit")
@@ -195,8 +362,8 @@ class DataNodes:
                 conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (*)'")
                 conn.execute(f"ALTER SYSTEM SET synchronous_commit = '{mode}'")
             conn.execute("SELECT pg_reload_conf()")
-        self._wait(lambda: self._replication_mode() == mode, f"replication mode {mode}")
-        self.ctl.log("replication_set", mode=mode)
+        self._wait(lambda: self._replication_mode(group) == mode, f"{group.primary}'s replication mode {mode}")
+        self.ctl.log("replication_set", name=group.primary, mode=mode)
 
     def _apply_delay(self, name: str) -> int:
         """The replica's recovery_min_apply_delay, in ms."""
@@ -206,31 +373,36 @@ class DataNodes:
         if self._apply_delay(name) == delay_ms:
             return
         self._say(f"setting {name}'s apply delay to {delay_ms} ms")
-        with psycopg.connect(self._url(name), autocommit=True, connect_timeout=2) as conn:
+        with psycopg.connect(node_url(self.cfg, name), autocommit=True, connect_timeout=2) as conn:
             conn.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = '{int(delay_ms)}ms'")
             conn.execute("SELECT pg_reload_conf()")
         self._wait(lambda: self._apply_delay(name) == delay_ms, f"{name}'s apply delay")
         self.ctl.log("apply_delay_set", name=name, delay_ms=delay_ms)
 
-    def _set_index(self, wanted: bool) -> None:
-        state = self._sql("primary", queries.INDEX_STATE, (queries.SUPPORTING_INDEX,))
-        valid = bool(state and state[0][0])
-        if wanted == valid and (wanted or not state):
+    def _index_state(self, group: ShardGroup) -> tuple[bool, bool]:
+        """(valid, present) of the supporting index on the shard's primary."""
+        state = self._sql(group.primary, queries.INDEX_STATE, (queries.SUPPORTING_INDEX,))
+        return bool(state and state[0][0]), bool(state)
+
+    def _set_index(self, group: ShardGroup, wanted: bool) -> None:
+        valid, present = self._index_state(group)
+        if wanted == valid and (wanted or not present):
             return
-        with psycopg.connect(self._url("primary"), autocommit=True, connect_timeout=2) as conn:
+        where = "" if group.number == 1 else f" on {group.primary}"
+        with psycopg.connect(node_url(self.cfg, group.primary), autocommit=True, connect_timeout=2) as conn:
             if not conn.execute("SELECT pg_try_advisory_lock(%s)", (queries.INDEX_WORK_LOCK,)).fetchone()[0]:
                 # A bulk load is rebuilding the indexes; a later pass does this once it is done.
-                self._say("waiting for a bulk load to finish before changing the index")
+                self._say(f"waiting for a bulk load to finish before changing the index{where}")
                 return
-            if state:  # dropping it, or an invalid leftover of an interrupted CREATE ... CONCURRENTLY
-                self._say(f"dropping index {queries.SUPPORTING_INDEX}")
+            if present:  # dropping it, or an invalid leftover of an interrupted CREATE ... CONCURRENTLY
+                self._say(f"dropping index {queries.SUPPORTING_INDEX}{where}")
                 conn.execute(queries.DROP_INDEX)
             if wanted:
-                self._say(f"building index {queries.SUPPORTING_INDEX} (concurrently)")
+                self._say(f"building index {queries.SUPPORTING_INDEX}{where} (concurrently)")
                 conn.execute(queries.CREATE_INDEX)
                 conn.execute("ANALYZE api_post")
             # The lock goes with the session when this connection closes.
-        self.ctl.log("index_set", index=queries.SUPPORTING_INDEX, present=wanted)
+        self.ctl.log("index_set", name=group.primary, index=queries.SUPPORTING_INDEX, present=wanted)
 
     # --- PgBouncer, the optional external pooler (workbench/stack/pgbouncer.py) ---------------------
     def _pgbouncer_running(self) -> bool:
@@ -255,13 +427,7 @@ class DataNodes:
         # The app servers stop opening connections through it once they see the topology (within
         # about a second); then its safe shutdown (SIGINT) lets the requests still on it finish.
         time.sleep(grace_s)
-        with self.ctl.lock:
-            proc = self.ctl.procs.get(pgbouncer.NAME)
-        if proc:
-            proc.retire()
-            with self.ctl.lock:
-                self.ctl.procs.pop(pgbouncer.NAME, None)
-            self.ctl._save_pids()
+        self._stop_process(pgbouncer.NAME)
         self.ctl.log("pgbouncer_retired")
 
     def _sample_pgbouncer(self, report_nodes: dict, with_counts: bool) -> None:
@@ -283,8 +449,6 @@ class DataNodes:
             node["connections"] = self.last_pools["clients_active"] + self.last_pools["clients_waiting"]
         report_nodes[pgbouncer.NAME] = node
 
-    last_pools: dict = {}
-
     def _wait(self, done, what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while not done():
@@ -298,7 +462,7 @@ class DataNodes:
         while not self.ctl.stopping.wait(self.interval):
             tick += 1
             try:
-                report = self.sample(with_connections=tick % 10 == 0 or tick == 1)
+                report = self.sample(with_counts=tick % 10 == 0 or tick == 1)
                 self.last_report = report
                 nodes.publish(self.state, report)
             except Exception as exc:  # the primary or the state Valkey may be restarting
@@ -311,7 +475,8 @@ class DataNodes:
         conn = self.conns.get(node)
         try:
             if conn is None or conn.closed:
-                conn = self.conns[node] = psycopg.connect(self._url(node), connect_timeout=1, autocommit=True)
+                conn = self.conns[node] = psycopg.connect(node_url(self.cfg, node), connect_timeout=1,
+                                                          autocommit=True)
             return conn.execute(sql).fetchall()
         except psycopg.Error:
             self.conns.pop(node, None)
@@ -319,71 +484,69 @@ class DataNodes:
                 conn.close()
             raise
 
-    def sample(self, with_connections: bool) -> nodes.Report:
+    def sample(self, with_counts: bool) -> nodes.Report:
         now = time.monotonic()
+        live = self._live()
         report_nodes: dict[str, dict] = {}
+        for group in self._shard_processes(live):
+            self._sample_group(group, live, report_nodes, now)
+        for name in set(self.conns) - set(report_nodes):  # retired
+            self.conns.pop(name).close()
+        for name in set(self.history) - set(report_nodes):
+            del self.history[name]
+        # Connections and row counts are taken once a second, and at once for a node that has none
+        # yet (one just started or back from a restart).
+        if with_counts or any(n not in self.last_counts for n, v in report_nodes.items() if v["healthy"]):
+            self._count(report_nodes)
+        for name, counts in self.last_counts.items():
+            if name in report_nodes:
+                report_nodes[name].update(counts)
+        # Queries each node has answered since the stack started, as counted by the app workers.
+        # Meta is listed for its count only: its health is the process table's, not sampled here.
+        for name, count in stats.totals(self.state).items():
+            if name in report_nodes or name == "meta":
+                report_nodes.setdefault(name, {})["queries"] = count
+        self._sample_pgbouncer(report_nodes, with_counts)
+        return nodes.Report(time.time(), report_nodes, self.running, self.progress, self.version)
+
+    def _sample_group(self, group: ShardGroup, live: dict, report_nodes: dict, now: float) -> None:
+        """A shard's primary and its replicas; their lag is measured against that primary's WAL."""
+        history = self.history.setdefault(group.primary, collections.deque(maxlen=20_000))
         try:
-            current = int(self._query("primary", "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")[0][0])
-            rows = self._query("primary", "SELECT application_name, state, sync_state FROM pg_stat_replication")
-            if not self.history or current > self.history[-1][1]:
-                self.history.append((now, current))
-            report_nodes["primary"] = {"healthy": True, "state": "primary", "port": self.cfg.data_pg_port,
-                                       "lag_ms": 0.0, "lag_bytes": 0}
+            current = int(self._query(group.primary, CURRENT_LSN)[0][0])
+            rows = self._query(group.primary, STREAMS)
+            if not history or current > history[-1][1]:
+                history.append((now, current))
+            report_nodes[group.primary] = {"healthy": True, "state": "primary", "port": group.port,
+                                           "shard": group.number, "lag_ms": 0.0, "lag_bytes": 0}
         except psycopg.Error:
             rows, current = [], None
-            report_nodes["primary"] = {"healthy": False, "state": "down", "port": self.cfg.data_pg_port,
-                                       "lag_ms": None, "lag_bytes": None}
+            report_nodes[group.primary] = {"healthy": False, "state": "down", "port": group.port,
+                                           "shard": group.number, "lag_ms": None, "lag_bytes": None}
         streams = {r[0]: r for r in rows}
-        with self.ctl.lock:
-            procs = {n: p for n, p in self.ctl.procs.items() if n.startswith("replica-") and not p.retired}
-        for name in list(self.conns):
-            if name.startswith("replica-") and name not in procs:  # retired
-                self.conns.pop(name).close()
-        for name, proc in sorted(procs.items()):
-            row = streams.get(slot_name(int(name.split("-")[1])))
+        for index in range(1, MAX_REPLICAS + 1):
+            name = group.replica(index)
+            proc = live.get(name)
+            if proc is None:
+                continue
+            row = streams.get(slot_name(index))
             streaming = proc.exited() is None and row is not None and row[1] == "streaming"
             # The replay position comes from the replica itself: the primary only learns it from
             # the replica's status messages, up to wal_receiver_status_interval (10 s) late when idle.
             replay = None
             if streaming and current is not None:
                 try:
-                    replay = self._query(name, "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')")[0][0]
+                    replay = self._query(name, REPLAY_LSN)[0][0]
                 except psycopg.Error:
                     pass
             node = {"healthy": replay is not None, "state": row[1] if row else "down",
                     "sync_state": row[2] if row else None, "port": proc.spec.port, "pid": proc.pid,
-                    "lag_bytes": None, "lag_ms": None}
+                    "shard": group.number, "lag_bytes": None, "lag_ms": None}
             if replay is not None:
                 node["lag_bytes"] = max(current - int(replay), 0)
-                node["lag_ms"] = round(self._lag_ms(int(replay), current, now), 1)
+                node["lag_ms"] = round(_lag_ms(history, int(replay), current, now), 1)
             self._note_health(name, node["healthy"], now)
             report_nodes[name] = node
-        # Connections are counted once a second, and at once for a node that has no count yet
-        # (a replica just started or back from a restart).
-        if with_connections or any(n not in self.last_connections for n, v in report_nodes.items() if v["healthy"]):
-            self._connections(report_nodes)
-        elif self.last_connections:
-            for name, count in self.last_connections.items():
-                if name in report_nodes:
-                    report_nodes[name]["connections"] = count
-        # Queries each node has answered since the stack started, as counted by the app workers.
-        # Meta is listed for its count only: its health is the process table's, not sampled here.
-        for name, count in stats.totals(self.state).items():
-            if name in report_nodes or name == "meta":
-                report_nodes.setdefault(name, {})["queries"] = count
-        self._sample_pgbouncer(report_nodes, with_connections)
-        return nodes.Report(time.time(), report_nodes, self.running, self.progress, self.version)
-
-    last_connections: dict = {}
-    last_report: nodes.Report | None = None
-
-    def _lag_ms(self, replay: int, current: int, now: float) -> float:
-        """How long ago the primary first had WAL that this replica has not replayed yet."""
-        if replay >= current:
-            return 0.0
-        lsns = [lsn for _, lsn in self.history]
-        k = bisect.bisect_right(lsns, replay)  # the first sample that was past the replay position
-        return (now - self.history[k][0]) * 1000 if k < len(self.history) else 0.0
 
     def _note_health(self, name: str, healthy: bool, now: float) -> None:
         """Log the moment a replica leaves or rejoins the rotation (the router follows the report)."""
@@ -394,15 +557,26 @@ class DataNodes:
             down = now - self.down_since.pop(name)
             self.ctl.log("replica_back_in_rotation", name=name, out_s=round(down, 2))
 
-    def _connections(self, report_nodes: dict) -> None:
+    def _count(self, report_nodes: dict) -> None:
+        """Client connections on every node that is up; on each primary also its users and posts."""
         counts = {}
         for name, node in report_nodes.items():
-            if not node.get("healthy") and name != "primary":
+            if not node.get("healthy"):
                 continue
             try:
-                counts[name] = self._query(name, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
-                                                 "'client backend' AND datname = 'workbench' AND pid <> pg_backend_pid()")[0][0]
+                counts[name] = {"connections": self._query(name, CONNECTIONS)[0][0]}
+                if node["state"] == "primary":
+                    rows = dict(self._query(name, ROW_COUNTS))
+                    counts[name].update(users=rows.get("api_user"), posts=rows.get("api_post"))
             except psycopg.Error:
-                continue
-            node["connections"] = counts[name]
-        self.last_connections = counts
+                counts.pop(name, None)
+        self.last_counts = counts
+
+
+def _lag_ms(history, replay: int, current: int, now: float) -> float:
+    """How long ago the primary first had WAL that this replica has not replayed yet."""
+    if replay >= current:
+        return 0.0
+    lsns = [lsn for _, lsn in history]
+    k = bisect.bisect_right(lsns, replay)  # the first sample that was past the replay position
+    return (now - history[k][0]) * 1000 if k < len(history) else 0.0

@@ -9,8 +9,12 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
+def _count(value) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
 class Command(BaseCommand):
-    help = "Show each process of the stack: role, pid, port, health, uptime, RSS."
+    help = "Show each process of the stack: role, pid, port, health, uptime, RSS; then the data nodes."
     requires_system_checks = []
 
     def add_arguments(self, parser):
@@ -25,21 +29,37 @@ class Command(BaseCommand):
             self.stdout.write("The workbench is not running. Start it with: python manage.py up")
             return
         self.stdout.write(f"phase: {state['phase']}   api: {state['api_url']}   dashboard: {state['dashboard_url']}")
-        self.stdout.write(f"{'ROLE':<11}{'NAME':<14}{'PID':>8}{'PORT':>7}  {'HEALTH':<9}{'UPTIME':>9}{'RSS':>10}{'RESTARTS':>10}")
+        self.stdout.write(f"{'ROLE':<11}{'NAME':<20}{'PID':>8}{'PORT':>7}  {'HEALTH':<9}{'UPTIME':>9}{'RSS':>10}"
+                          f"{'RESTARTS':>10}")
         for p in state["processes"]:
             health = "healthy" if p["healthy"] else "DOWN"
-            self.stdout.write(f"{p['role']:<11}{p['name']:<14}{p['pid'] or '-':>8}{p['port'] or '-':>7}  {health:<9}"
+            self.stdout.write(f"{p['role']:<11}{p['name']:<20}{p['pid'] or '-':>8}{p['port'] or '-':>7}  {health:<9}"
                               f"{p['uptime_s']:>8.0f}s{_mib(p['rss_bytes']):>10}{p['restarts']:>10}")
         report = state.get("data_nodes")
         if report:
-            self.stdout.write("")
-            self.stdout.write(f"{'DATA NODE':<14}{'HEALTH':<9}{'STATE':<11}{'LAG MS':>9}{'LAG BYTES':>11}"
-                              f"{'CONNS':>7}{'QUERIES':>10}")
-            for name, node in sorted(report["nodes"].items(), key=lambda kv: (kv[0] != "primary", kv[0])):
+            self._data_nodes(report)
+
+    def _data_nodes(self, report: dict) -> None:
+        """The nodes of each shard together, primary first; with more than one shard, a line per
+        shard with its users and posts (the primary's live-row estimates)."""
+        groups: dict = {}
+        for name, node in report["nodes"].items():
+            groups.setdefault(node.get("shard"), []).append((name, node))
+        sharded = len([shard for shard in groups if shard is not None]) > 1
+        self.stdout.write("")
+        self.stdout.write(f"{'DATA NODE':<20}{'HEALTH':<9}{'STATE':<11}{'LAG MS':>9}{'LAG BYTES':>11}"
+                          f"{'CONNS':>7}{'QUERIES':>10}")
+        for shard in sorted(groups, key=lambda s: (s is None, s or 0)):  # meta and PgBouncer last
+            members = sorted(groups[shard], key=lambda kv: (kv[1].get("state") != "primary", kv[0]))
+            if sharded and shard is not None:
+                primary = next((node for _, node in members if node.get("state") == "primary"), {})
+                self.stdout.write(f"shard {shard}: {_count(primary.get('users'))} users, "
+                                  f"{_count(primary.get('posts'))} posts")
+            for name, node in members:
                 health = "-" if "healthy" not in node else "healthy" if node["healthy"] else "DOWN"
                 lag_ms = "-" if node.get("lag_ms") is None else f"{node['lag_ms']:.1f}"
                 lag_bytes = "-" if node.get("lag_bytes") is None else str(node["lag_bytes"])
-                self.stdout.write(f"{name:<14}{health:<9}{node.get('state', '-'):<11}{lag_ms:>9}{lag_bytes:>11}"
+                self.stdout.write(f"{name:<20}{health:<9}{node.get('state', '-'):<11}{lag_ms:>9}{lag_bytes:>11}"
                                   f"{node.get('connections', '-'):>7}{node.get('queries', 0):>10}")
-            if report.get("progress"):
-                self.stdout.write(f"controller: {report['progress']}")
+        if report.get("progress"):
+            self.stdout.write(f"controller: {report['progress']}")
