@@ -96,3 +96,33 @@ class ShardDirectory(models.Model):
     class Meta:
         db_table = "meta_shard_directory"
         indexes = [models.Index(fields=["shard"], name="meta_shard_directory_shard")]
+
+
+class ReshardJob(models.Model):
+    """A reshard, in `meta`: what it moves from and to, how far it got, and what it found. The
+    shards' fences are the truth about ownership; this row is the record, and the batch in
+    flight (batch_lo..batch_hi) lets a resumed or rolled-back job redo it (api/routing/reshard.py)."""
+    MOVING, ROLLING_BACK, DONE, ROLLED_BACK = "moving", "rolling_back", "done", "rolled_back"
+
+    id = models.BigAutoField(primary_key=True)
+    from_strategy = models.CharField(max_length=16)
+    from_shards = models.SmallIntegerField()
+    to_strategy = models.CharField(max_length=16)
+    to_shards = models.SmallIntegerField()
+    state = models.CharField(max_length=16, default=MOVING)
+    moved_upto = models.BigIntegerField(default=0)
+    batch_lo = models.BigIntegerField(null=True)
+    batch_hi = models.BigIntegerField(null=True)
+    users_total = models.BigIntegerField(default=0)
+    users_seen = models.BigIntegerField(default=0)
+    users_moved = models.BigIntegerField(default=0)
+    posts_moved = models.BigIntegerField(default=0)
+    batches = models.IntegerField(default=0)
+    before = models.JSONField(default=dict)   # rows and checksums per table when it started
+    after = models.JSONField(default=dict)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True)
+    seconds = models.FloatField(null=True)
+
+    class Meta:
+        db_table = "meta_reshard_job"
