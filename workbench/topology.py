@@ -391,7 +391,13 @@ class Store:
         raise Conflict(f"the topology changed {attempts} times while this change was being applied")
 
     def replace(self, data: dict, updated_by: str) -> Document:
-        return self.update(lambda _: data, updated_by)
+        """PUT semantics; the placement fields, when absent, keep their values (a reset does not
+        move data: only `reshard` does)."""
+        def change(current):
+            if not isinstance(data, dict):
+                return data
+            return {**{name: current[name] for name in PLACEMENT_FIELDS}, **data}
+        return self.update(change, updated_by)
 
     def patch(self, data: dict, updated_by: str) -> Document:
         return self.update(lambda current: merge(current, data), updated_by)

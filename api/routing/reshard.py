@@ -27,6 +27,8 @@ Rolling back runs the same batches downwards, from the new mapping to the old.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -41,7 +43,7 @@ from . import shards
 from .db import META
 from .ids import MAX_ID
 
-BATCH_USERS = 500
+BATCH_USERS = int(os.environ.get("WORKBENCH_RESHARD_BATCH") or 500)
 RESHARD_LOCK = 0x5E5A4D   # meta advisory lock: one reshard process at a time
 USER_COLUMNS = ("id", "username", "email", "name", "bio", "post_count", "created_at", "updated_at")
 POST_COLUMNS = ("id", "user_id", "title", "body", "created_at", "updated_at")
@@ -244,6 +246,7 @@ class Resharder:
                 moved_posts += len(posts)
             for conn in copies.values():
                 conn.commit()
+            _fault_point("after-copy", job.batches + 1)
             for k, conn in locks.items():
                 for ids in (moving.get(k, []), stale.get(k, [])):
                     if ids:
@@ -360,6 +363,16 @@ class Resharder:
             time.sleep(0.2)
         raise ReshardError(f"the controller did not start {groups} shards within {CONTROLLER_TIMEOUT_S}s; "
                            f"see `python manage.py status`")
+
+
+def _fault_point(name: str, batch: int) -> None:
+    """Tests only (WORKBENCH_FAULTS=1): WORKBENCH_RESHARD_PAUSE=name:batch pauses there, after
+    saying so on stdout, so a test can SIGKILL this process at the worst moment."""
+    if os.environ.get("WORKBENCH_FAULTS") != "1" or os.environ.get("WORKBENCH_RESHARD_PAUSE") != f"{name}:{batch}":
+        return
+    print(f"PAUSED {name} batch {batch}", flush=True)
+    sys.stdout.flush()
+    time.sleep(120)
 
 
 def _sums(conn, ids: list[int]) -> list[int]:
