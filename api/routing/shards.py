@@ -85,6 +85,23 @@ def shard_of(user_id: int, shards: int, strategy: str) -> int:
     raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
 
 
+def spread(user_ids, shards: int, strategy: str) -> list[int]:
+    """How many of `user_ids` each shard 1..shards would hold under `strategy`."""
+    counts = [0] * shards
+    for u in user_ids:
+        counts[shard_of(u, shards, strategy) - 1] += 1
+    return counts
+
+
+def chi_squared(counts: list[int]) -> float:
+    """Pearson's statistic of `counts` against an even spread (df = len(counts) - 1)."""
+    total = sum(counts)
+    if not total or len(counts) < 2:
+        return 0.0
+    expected = total / len(counts)
+    return sum((c - expected) ** 2 / expected for c in counts)
+
+
 def moved_fraction(user_ids, strategy: str, before: int, after: int) -> float:
     """The share of `user_ids` whose shard changes when going from `before` to `after` shards."""
     ids = list(user_ids)

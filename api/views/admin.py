@@ -124,6 +124,67 @@ class ExplainView(AdminView):
         })
 
 
+class ShardsView(AdminView):
+    """The shards for the dashboard: per shard its nodes, users, posts and queries answered (from
+    the controller's report); the last reshard; and the key distribution: how the newest user ids
+    (up to SAMPLE) spread over `n` shards under each strategy, with the chi-squared statistic of
+    each spread and the share of users a reshard from n to n + 1 would move."""
+    SAMPLE = 20_000
+    PARAMS = ("n",)
+
+    @extend_schema(operation_id="admin_shards_get", responses=OpenApiTypes.OBJECT, parameters=[
+        OpenApiParameter("n", int, description="Shard count for the key distribution, 1 to 8 "
+                                               "(default: the topology's)."),
+    ])
+    def get(self, request):
+        from api.models import Account, ReshardJob
+        from api.routing import shards
+
+        for name in request.query_params:
+            if name not in self.PARAMS:
+                raise FieldError(name, "Unknown query parameter; this endpoint takes n.")
+        t = topology.current().topology
+        raw = request.query_params.get("n")
+        if raw is not None and (not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= shards.MAX_SHARDS):
+            raise FieldError("n", f"Must be an integer from 1 to {shards.MAX_SHARDS}.")
+        n = int(raw) if raw is not None else t.shards
+        try:
+            report = topology.report()
+        except redis.RedisError as exc:
+            raise Unavailable(f"The state Valkey is unavailable: {type(exc).__name__}.") from None
+        ids = list(Account.objects.order_by("-user_id").values_list("user_id", flat=True)[: self.SAMPLE])
+        distribution = {}
+        for strategy in shards.STRATEGIES:
+            counts = shards.spread(ids, n, strategy)
+            distribution[strategy] = {
+                "counts": counts, "chi_squared": round(shards.chi_squared(counts), 2),
+                "moved_to_n_plus_1": round(shards.moved_fraction(ids, strategy, n, n + 1), 4)
+                if n < shards.MAX_SHARDS else None}
+        job = ReshardJob.objects.order_by("-id").first()
+        return Response({
+            "sharding": t.sharding, "shards": t.shards, "shard_groups": t.shard_groups,
+            "per_shard": [_shard_summary(k, t.replicas, report) for k in range(1, t.shard_groups + 1)],
+            "key_distribution": {"n": n, "sample": len(ids), "degrees_of_freedom": n - 1,
+                                 "strategies": distribution},
+            "last_reshard": None if job is None else {
+                "id": job.id, "state": job.state, "from": [job.from_strategy, job.from_shards],
+                "to": [job.to_strategy, job.to_shards], "batches": job.batches,
+                "users_total": job.users_total, "users_moved": job.users_moved,
+                "fraction_moved": round(job.users_moved / job.users_total, 4) if job.users_total else None,
+                "posts_moved": job.posts_moved, "seconds": job.seconds, "before": job.before, "after": job.after},
+        })
+
+
+def _shard_summary(shard: int, replicas: int, report) -> dict:
+    from api.routing.shards import primary_alias, replica_alias
+
+    names = [primary_alias(shard)] + [replica_alias(shard, i) for i in range(1, replicas + 1)]
+    primary = report.nodes.get(names[0], {})
+    return {"shard": shard, "nodes": names, "healthy": bool(primary.get("healthy")),
+            "users": primary.get("users"), "posts": primary.get("posts"),
+            "queries": sum(report.nodes.get(name, {}).get("queries", 0) for name in names)}
+
+
 def _user_id(raw: str | None) -> int:
     if raw in (None, ""):
         raise FieldError("user_id", "Required: the id of the user whose queries to explain.")
