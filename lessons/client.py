@@ -38,8 +38,15 @@ class StackClient:
     def topology(self) -> dict:
         """The admin topology API through Caddy, with the controller token: the stored topology, the
         changes still pending and the controller's progress; {"error": ...} when it cannot be read."""
+        return self._admin("topology")
+
+    def shards(self, n: int | None = None) -> dict:
+        """The admin shards API: per-shard counts, the last reshard, the key distribution for n shards."""
+        return self._admin("shards", params={"n": n} if n else None)
+
+    def _admin(self, name: str, params: dict | None = None) -> dict:
         try:
-            response = self.session.get(self.cfg.api_url + "/api/v1/admin/topology",
+            response = self.session.get(f"{self.cfg.api_url}/api/v1/admin/{name}", params=params,
                                         headers=self._controller_headers(), timeout=5)
             response.raise_for_status()
             return response.json()["data"]
