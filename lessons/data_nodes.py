@@ -10,13 +10,26 @@ import json
 DASH = "\u2014"
 
 
-def _order(name: str) -> tuple:
-    """primary, then the replicas, then anything else (meta)."""
-    return name != "primary", not name.startswith("replica-"), name
+def _replica(name: str) -> bool:
+    return name.startswith("replica-") or "-replica-" in name  # replica-2, shard-3-replica-1
+
+
+def _shard(name: str, node: dict) -> int | None:
+    """The shard a node belongs to, as the controller reports it; None for meta and PgBouncer."""
+    if "shard" in node:
+        return node["shard"]
+    return 1 if name == "primary" or name.startswith("replica-") else None
+
+
+def _order(item: tuple) -> tuple:
+    """Shard by shard: its primary, then its replicas; then anything else (meta, PgBouncer)."""
+    name, node = item
+    shard = _shard(name, node)
+    return shard is None, shard or 0, _replica(name), name
 
 
 def _health(name: str, node: dict) -> str:
-    if name.startswith("replica-") and "state" not in node:  # only a counter left: it no longer runs
+    if _replica(name) and "state" not in node:  # only a counter left: it no longer runs
         return "not running"
     if "healthy" in node and name != "meta":  # the primary, a running replica, PgBouncer
         return "healthy" if node["healthy"] else "DOWN"
@@ -30,14 +43,21 @@ def _shown(value, fmt: str = "{}") -> str:
 def node_rows(report: dict | None, lag_label: str = "replay lag (ms)") -> list[dict]:
     """One row per data node: health, replication and sync state, port, the apply delay the
     controller set (recovery_min_apply_delay), replay lag in ms and in WAL bytes (replicas only: the
-    primary is the source), open connections, queries answered."""
+    primary is the source), open connections, queries answered. With more than one shard the rows
+    come shard by shard, with the shard and, on each shard's primary, its users and posts (the
+    primary's live-row estimates)."""
     report = report or {}
     delays = (report.get("running") or {}).get("replica_delays_ms") or {}
+    found = sorted((report.get("nodes") or {}).items(), key=_order)
+    sharded = len({_shard(name, node) for name, node in found} - {None}) > 1
     rows = []
-    for name, node in sorted((report.get("nodes") or {}).items(), key=lambda kv: _order(kv[0])):
-        replica = name.startswith("replica-")
-        rows.append({
-            "node": name,
+    for name, node in found:
+        replica = _replica(name)
+        row = {"node": name}
+        if sharded:
+            shard = _shard(name, node)
+            row["shard"] = DASH if shard is None else f"shard-{shard}"
+        row.update({
             "health": _health(name, node),
             "replication": node.get("state") or DASH,
             "sync": node.get("sync_state") or DASH,
@@ -48,7 +68,21 @@ def node_rows(report: dict | None, lag_label: str = "replay lag (ms)") -> list[d
             "connections": _shown(node.get("connections")),
             "queries": f"{node.get('queries', 0):,}",  # the counter starts empty with the stack
         })
+        if sharded:
+            row["users"] = _shown(node.get("users"), "{:,}")
+            row["posts"] = _shown(node.get("posts"), "{:,}")
+        rows.append(row)
     return rows
+
+
+def running_value(value):
+    """A running value for a metric: a number or a word as it is; a value per shard (a change that
+    has reached some shards only) as `shard: value` pairs."""
+    if value is None:
+        return DASH
+    if isinstance(value, dict):
+        return ", ".join(f"{name}: {_value(v)}" for name, v in value.items())
+    return value
 
 
 def _value(value) -> str:

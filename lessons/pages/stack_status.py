@@ -55,8 +55,8 @@ def _data_nodes(report: dict | None, topo: dict) -> None:
     else:
         running = report.get("running") or {}
         cols = st.columns(2)
-        cols[0].metric("Replicas running", running.get("replicas", data_nodes.DASH))
-        cols[1].metric("Replication", running.get("replication", data_nodes.DASH))
+        cols[0].metric("Replicas running", data_nodes.running_value(running.get("replicas")))
+        cols[1].metric("Replication", data_nodes.running_value(running.get("replication")))
         interval_s = parameters.lag()["sample_interval_s"]
         lag_label = f"replay lag (ms, {interval_s * 1000:g} ms resolution)"
         rows = data_nodes.node_rows(report, lag_label)

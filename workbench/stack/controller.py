@@ -78,9 +78,9 @@ class Controller:
         self._manage("seed", "--if-empty", "--users", str(cfg.seed_users),
                      "--posts-per-user", str(cfg.seed_posts_per_user), "--no-progress")
         self._manage("demo_accounts")
-        self.set_phase("starting replicas")
+        self.set_phase("starting shards and replicas")
         self.data_nodes = datanodes.DataNodes(self)
-        try:  # the topology kept in the state Valkey may ask for replicas: start them before serving
+        try:  # the topology kept in the state Valkey may ask for shards and replicas: start them before serving
             self.data_nodes.apply(self.data_nodes.store.read().topology)
         except Exception as exc:  # the apply thread keeps trying; the stack can serve from the primary
             self.log("topology_apply_failed", error=str(exc))

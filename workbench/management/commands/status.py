@@ -53,8 +53,8 @@ class Command(BaseCommand):
             members = sorted(groups[shard], key=lambda kv: (kv[1].get("state") != "primary", kv[0]))
             if sharded and shard is not None:
                 primary = next((node for _, node in members if node.get("state") == "primary"), {})
-                self.stdout.write(f"shard {shard}: {_count(primary.get('users'))} users, "
-                                  f"{_count(primary.get('posts'))} posts")
+                self.stdout.write(f"shard {shard}: users {_count(primary.get('users'))}, "
+                                  f"posts {_count(primary.get('posts'))}")
             for name, node in members:
                 health = "-" if "healthy" not in node else "healthy" if node["healthy"] else "DOWN"
                 lag_ms = "-" if node.get("lag_ms") is None else f"{node['lag_ms']:.1f}"
