@@ -78,3 +78,55 @@ def post_get(*, user_id: int, post_id: int) -> Post:
             raise NotFound("post_id", f"No post {post_id} of user {user_id}.") from None
 
     return placement.read(user_id, get, NotFound)
+
+
+# --- global full-text search over every shard ----------------------------------------------------
+# Exactly the expression of the GIN index api_post_search (migration 0002), so the planner uses it.
+SEARCH_DOCUMENT = "to_tsvector('english', title || ' ' || body)"
+SEARCH_QUERY = "websearch_to_tsquery('english', %(q)s)"
+
+
+def post_search_sql(*, after: tuple[float, int] | None, limit: int) -> str:
+    """One shard's page of matches, best first: (rank desc, id desc), strictly after `after`
+    (rank, id). ts_rank is a float4; the cursor's rank is compared as a float4 too (`::real`), so
+    the row it came from compares equal and is never returned again. Parameters: q, and rank and
+    id after a cursor. Also selects the rank as PostgreSQL writes it (shortest exact text)."""
+    rank = f"ts_rank({SEARCH_DOCUMENT}, {SEARCH_QUERY})"
+    cursor = "WHERE (rank, id) < (%(rank)s::real, %(id)s)" if after else ""
+    return (f"SELECT id, user_id, title, body, created_at, updated_at, rank, rank::text AS rank_text FROM "
+            f"(SELECT id, user_id, title, body, created_at, updated_at, {rank} AS rank FROM api_post "
+            f"WHERE {SEARCH_DOCUMENT} @@ {SEARCH_QUERY}) AS found "
+            f"{cursor} ORDER BY rank DESC, id DESC LIMIT {int(limit)}")
+
+
+def post_search(*, q: str, page: PageParams) -> tuple[list[Post], int]:
+    """Posts matching `q` on every shard, by rank (ts_rank: it depends only on the post and the
+    query, not on the shard's other rows, so ranks from different shards compare), then id, both
+    descending. Scatter-gather like user_list: each shard returns its first limit+1 matches after
+    the cursor (rank, id), and the pages are merged; a post being moved by a reshard may be on two
+    shards for a moment, and the merge keeps one. Returns (limit+1 posts at most, shards asked).
+    Each post carries `rank` (a float) and `rank_text` (as PostgreSQL wrote it)."""
+    shards = shards_in_use()
+    params = {"q": q}
+    if page.after:
+        params["rank"], params["id"] = page.after
+    sql = post_search_sql(after=page.after, limit=page.limit + 1)
+    pages = [_search_on(shard, sql, params) for shard in shards]
+    return merge_pages(pages, key=lambda p: (-p.rank, -p.id), limit=page.limit), len(shards)
+
+
+def merge_pages(pages: list[list], *, key, limit: int) -> list:
+    """Shards' pages, each sorted by `key`, merged into the first limit+1 distinct rows (by id)."""
+    merged, seen = [], set()
+    for row in heapq.merge(*pages, key=key):
+        if row.id not in seen:
+            seen.add(row.id)
+            merged.append(row)
+        if len(merged) > limit:
+            break
+    return merged
+
+
+def _search_on(shard: int, sql: str, params: dict) -> list[Post]:
+    with db.on_shard(shard):
+        return list(Post.objects.raw(sql, params))

@@ -69,6 +69,12 @@ class PostSerializer(StrictSerializer):
     updated_at = serializers.DateTimeField(read_only=True)
 
 
+class PostSearchResultSerializer(PostSerializer):
+    """A search hit: the post, its user's id (the shard key) and its rank, PostgreSQL's ts_rank
+    (a float4, as PostgreSQL writes it) of the post for the query; results come best first."""
+    rank = serializers.FloatField(source="rank_text", read_only=True)
+
+
 class PageSerializer(serializers.Serializer):
     """The shape of `data` on every list: a page of results and the next page's URL."""
     next = serializers.URLField(allow_null=True)

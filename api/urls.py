@@ -10,7 +10,9 @@ urlpatterns = [
     path("users/<id64:user_id>", v1.UserDetailView.as_view()),
     path("users/<id64:user_id>/posts", v1.PostListView.as_view()),
     path("users/<id64:user_id>/posts/<id64:post_id>", v1.PostDetailView.as_view()),
+    path("search/posts", v1.PostSearchView.as_view()),
     path("admin/topology", admin.TopologyView.as_view()),
     path("admin/explain", admin.ExplainView.as_view()),
     path("admin/nodes", admin.NodesView.as_view()),
+    path("admin/shards", admin.ShardsView.as_view()),
 ]

@@ -1,13 +1,16 @@
 """Version 1 of the users/posts API (the seed's endpoints). Views validate, call a service or a
 selector, and shape the answer; all logic lives in services.py and selectors.py."""
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+import struct
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from api import selectors, services
 from api.caching import reads
-from api.pagination import encode_cursor, next_url, page_params, time_range
-from api.serializers import PostSerializer, UserSerializer, UserUpdateSerializer
+from api.gateway.errors import FieldError
+from api.pagination import PageParams, encode_cursor, next_url, page_params, time_range
+from api.serializers import PostSearchResultSerializer, PostSerializer, UserSerializer, UserUpdateSerializer
 
 from .base import ApiView
 
@@ -129,3 +132,60 @@ class PostDetailView(ApiView):
     def delete(self, request, user_id, post_id):
         services.post_delete(user_id=user_id, post_id=post_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+SEARCH_MAX_CHARS = 200
+MAX_FLOAT4_BITS = 0x7F7FFFFF  # the largest finite float4; ts_rank is never negative
+
+
+class PostSearchView(ApiView):
+    """Global full-text search: every shard is asked (scatter-gather), and their best matches are
+    merged by rank. The cursor holds the last hit's (rank, id); each shard resumes strictly after
+    it, so pages neither repeat nor skip a post, whichever shards the hits came from."""
+
+    @extend_schema(
+        operation_id="search_posts",
+        parameters=[OpenApiParameter("q", str, required=True, description=(
+            f"Text to search for, 1 to {SEARCH_MAX_CHARS} characters, in web search syntax: words, "
+            '"quoted phrases", `or`, and `-` to exclude a word. English stemming and stop words.')),
+            *LIST_PARAMS,
+            OpenApiParameter("X-Shards-Queried", int, OpenApiParameter.HEADER, response=True,
+                             description="How many shards the search was sent to (all in use).")],
+        responses={200: OpenApiResponse(_page(PostSearchResultSerializer, "PostSearchPage"), description=(
+            "Matching posts of every user, best first (rank, then id, descending). `X-Shards-Queried` "
+            "says how many shards were asked; `X-DB-Node` names the node that answered on each."))},
+        description="PostgreSQL full-text search (`to_tsvector('english', title || ' ' || body)`, "
+                    "served by a GIN index on every shard), ranked by `ts_rank`.")
+    def get(self, request):
+        q = _search_text(request.query_params)
+        page = page_params(request.query_params, ("id", "id"), extra={"q"})
+        if page.after:
+            bits, last_id = page.after
+            if bits > MAX_FLOAT4_BITS:
+                raise FieldError("cursor", "Not a cursor this API issued; use the `next` URL of a previous page.")
+            page = PageParams(page.limit, (_float4(bits), last_id))
+        rows, shards = selectors.post_search(q=q, page=page)
+        return Response({"results": PostSearchResultSerializer(rows[: page.limit], many=True).data,
+                         "next": next_url(request, rows, page.limit, lambda p: (_float4_bits(p.rank), p.id))},
+                        headers={"X-Shards-Queried": str(shards)})
+
+
+def _search_text(query) -> str:
+    q = query.get("q")
+    if q is None or not q.strip():
+        raise FieldError("q", f"Required: the text to search for, 1 to {SEARCH_MAX_CHARS} characters.")
+    if len(q) > SEARCH_MAX_CHARS:
+        raise FieldError("q", f"At most {SEARCH_MAX_CHARS} characters; got {len(q)}.")
+    if "\x00" in q:
+        raise FieldError("q", "Must not contain NUL characters.")
+    return q
+
+
+# A search cursor keeps the rank as its float4 bit pattern, an integer: exact (no decimal
+# rounding), and for ranks >= 0 it orders like the rank.
+def _float4_bits(rank: float) -> int:
+    return struct.unpack(">I", struct.pack(">f", rank))[0]
+
+
+def _float4(bits: int) -> float:
+    return struct.unpack(">f", struct.pack(">I", bits))[0]
