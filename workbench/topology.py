@@ -253,8 +253,12 @@ def parse(data: dict, *, check_machine: bool = True) -> Topology:
     or no change (not even switching the field off) could be made any more."""
     errors: list[tuple[str, str]] = []
     topology = _build(Topology, data, "", errors)
-    if topology is not None:
-        message = node_cap_error(topology.replicas, topology.shard_groups)
+    # The cap is checked even when replicas is out of its own range: both messages help.
+    raw = data if isinstance(data, dict) else {}
+    replicas = raw.get("replicas", 0)
+    groups = [raw.get(name, 1) for name in ("shards", "reshard_shards")]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in [replicas, *groups]):
+        message = node_cap_error(replicas, max(groups))
         if message:
             errors.append(("replicas", message))
     if topology is not None:
