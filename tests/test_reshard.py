@@ -129,13 +129,13 @@ class Writers:
                                                                     "password": "correct-horse"},
                                      timeout=30)
                     if r.status_code == 201:
-                        self.users.append(r.json()["data"]["id"])
+                        self.users.append(int(r.json()["data"]["id"]))  # ids are strings in JSON
                 else:
                     uid = rng.choice(self.user_ids + self.users[-20:])
                     r = session.post(f"{self.api_url}/users/{uid}/posts", json={"title": f"during {n}", "body": "x"},
                                      timeout=30)
                     if r.status_code == 201:
-                        self.posts.append((int(r.json()["data"]["id"]), uid))
+                        self.posts.append((int(r.json()["data"]["id"]), int(uid)))
                 if r.status_code not in (200, 201):
                     self.failures[r.status_code] += 1
             except requests.RequestException as exc:

@@ -216,10 +216,15 @@ class Resharder:
             stale: dict[int, list[int]] = {}    # copies left by an interrupted run: not owned here
             for k in rows:
                 for u in rows[k]:
-                    if owner_now[u] != k:
-                        stale.setdefault(k, []).append(u)
-                    elif target[u] != k:
+                    if owner_now[u] == k and target[u] != k:
                         moving.setdefault(k, []).append(u)
+            arriving = {u for ids in moving.values() for u in ids}
+            for k in rows:
+                for u in rows[k]:
+                    # A copy of a user this batch moves here is replaced by the fresh copy below
+                    # (on the copy connection); any other row this shard does not own goes.
+                    if owner_now[u] != k and not (u in arriving and target[u] == k):
+                        stale.setdefault(k, []).append(u)
             moved_users = moved_posts = 0
             for k, ids in moving.items():
                 posts = locks[k].execute(f"SELECT {', '.join(POST_COLUMNS)} FROM api_post WHERE user_id = ANY(%s)",
