@@ -139,3 +139,30 @@ def compare_table(a: dict, b: dict) -> str:
 
 def _fmt(value) -> str:
     return "-" if value is None else (f"{value:,.2f}" if isinstance(value, float) else f"{value:,}")
+
+
+def shard_of_node(node: str) -> int | None:
+    """The shard an `X-DB-Node` value names: `primary`/`replica-2` (one shard) are shard 1,
+    `shard-3/primary` is shard 3; None for anything else (`meta`, a missing header)."""
+    if node in ("primary",) or node.startswith("replica-"):
+        return 1
+    if node.startswith("shard-"):
+        head = node.split("/", 1)[0][len("shard-"):]
+        return int(head) if head.isdigit() else None
+    return None
+
+
+def shard_shares(result: dict) -> dict[int, float]:
+    """The share of a run's answers that each shard gave, from its `X-DB-Node` attribution."""
+    counts: dict[int, int] = {}
+    for node, n in result["summary"].get("attribution", {}).get("X-DB-Node", {}).items():
+        shard = shard_of_node(node)
+        if shard is not None:
+            counts[shard] = counts.get(shard, 0) + n
+    total = sum(counts.values())
+    return {k: counts[k] / total for k in sorted(counts)} if total else {}
+
+
+def cpu_mean(result: dict) -> float | None:
+    """The machine's mean CPU use (percent of all cores) during a run."""
+    return ((result.get("machine") or {}).get("cpu") or {}).get("mean_percent")

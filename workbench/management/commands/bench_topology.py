@@ -5,22 +5,32 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
   replicas     read throughput and p95 with 0, 1 and 2 replicas, emulation off and on (RTT sweep)
   replication  the write cost of async vs remote_write vs remote_apply (1 replica)
   pooling      a new connection per request vs pooled connections vs PgBouncer
+  sharding     write throughput and p95 with 1, 2 and 4 shards, emulation off and on (RTT sweep);
+               each shard count is reached by an online reshard, which is recorded too
+
+A case may name a placement (`sharding`, `shards`): those change only by resharding, so the
+suite reshards in-process (api/routing/reshard.py, what `manage.py reshard` runs) before it
+measures that case, and reshards back to where it started at the end.
 """
 import json
 from datetime import datetime, timezone
 
 from django.core.management.base import BaseCommand, CommandError
 
+from api.routing import reshard, shards as shard_names
 from workbench import parameters
 from workbench.loadgen.client import RunClient, RunError, TopologyClient, TopologyError
-from workbench.loadgen.report import (BENCHMARKS_DOC, add_bench_arguments, median as _median, new_row,
-                                      record_pair, write_doc_block)
+from workbench.loadgen.report import (BENCHMARKS_DOC, add_bench_arguments, cpu_mean, median as _median, new_row,
+                                      record_pair, shard_shares, write_doc_block)
 from workbench.loadgen.runs import machine, versions
 from workbench.stack import config
 
 READS = {"read_ratio": 1.0}  # the default read mix: a user, a user's posts, a time range, a post
 POINT_READS = {"read_ratio": 1.0, "reads": {"user": 1}}
 WRITES = {"read_ratio": 0.0, "writes": {"create_post": 1}}
+SHARD_COUNTS = (1, 2, 4)
+PLACEMENT = ("sharding", "shards")
+CPU_SATURATED = 95.0  # mean % of all cores over a run: the shared CPU, not an emulated node, set the pace
 
 
 def _emulated(rtt: float | None) -> dict:
@@ -29,9 +39,15 @@ def _emulated(rtt: float | None) -> dict:
     return {"enabled": True, "rtt_ms": rtt, "node_concurrency": parameters.emulation()["node_concurrency"]}
 
 
-def suites() -> dict:
-    """name -> (heading, what the table shows, workload, [(case label, topology)])."""
+def suites(strategy: str = "hash") -> dict:
+    """name -> (heading, what the table shows, workload, [(case label, topology)]). A case's
+    topology may carry `sharding` and `shards`: the suite reshards to them first."""
     sweep = parameters.emulation()["rtt_sweep_ms"]
+    shard_cases = []
+    for count in SHARD_COUNTS:
+        for rtt in (None, *sweep):
+            label = f"shards={count}, " + ("emulation off" if rtt is None else f"emulation on, RTT {rtt:g} ms")
+            shard_cases.append((label, {"sharding": strategy, "shards": count, "emulation": _emulated(rtt)}))
     replica_cases = []
     for replicas in (0, 1, 2):
         for rtt in (None, *sweep):
@@ -51,60 +67,149 @@ def suites() -> dict:
                                   ("a new connection per request", {"pool": False}),
                                   ("PgBouncer (session mode), a new client connection per request",
                                    {"pool": False, "pgbouncer": True})]),
+        "sharding": ("Sharding: write throughput",
+                     f"POST /users/{{id}}/posts only (each post by an existing user, on that user's shard), "
+                     f"0 replicas, `{strategy}` placement",
+                     WRITES, shard_cases),
     }
 
 
 class Command(BaseCommand):
-    help = "Measure a suite of topology toggles (replicas, replication, pooling) and write it to docs/benchmarks.md."
+    help = ("Measure a suite of topology toggles (replicas, replication, pooling, sharding) and write it to "
+            "docs/benchmarks.md.")
     requires_system_checks = []
 
     def add_arguments(self, parser):
         parser.add_argument("suite", choices=sorted(suites()))
         add_bench_arguments(parser, duration=5.0, rate=100.0, connections=8)
+        parser.add_argument("--strategy", default="hash", choices=[*shard_names.STRATEGIES, "directory"],
+                            help="sharding suite: the placement strategy to reshard with")
 
     def handle(self, *args, **o):
         cfg = config.load()
         runs, topo = RunClient(cfg), TopologyClient(cfg)
-        heading, what, workload, cases = suites()[o["suite"]]
+        heading, what, workload, cases = suites(o["strategy"])[o["suite"]]
         self.stdout.write(f"suite {o['suite']}: {len(cases)} cases x {o['repeats']} repetitions; closed "
                           f"{o['connections']} connections and open {o['rate']:g} req/s, {o['duration']:g} s each")
         table = {label: new_row() for label, _ in cases}
+        self.reshards: list[dict] = []
         try:
             before = topo.data()["topology"]
+            data = {"users": shard_rows(cfg, before["shards"])}
             try:
                 for rep in range(o["repeats"]):
                     for label, change in cases:
-                        # Each case is the suite's own topology on top of the defaults: nothing else carries over.
-                        topo.apply(change, replace=True)
+                        placement = {k: change[k] for k in PLACEMENT if k in change}
+                        # Each case is the suite's own topology on top of the defaults: nothing else carries over
+                        # (PUT keeps the placement fields; only a reshard changes them).
+                        topo.apply({k: v for k, v in change.items() if k not in PLACEMENT}, replace=True)
+                        if placement:
+                            self.place(topo, placement)
                         closed, opened = runs.closed_and_open(workload, o, f"bench {o['suite']} {label} #{rep + 1}")
                         row = table[label]
                         record_pair(row, closed, opened)
-                        self.stdout.write(f"  #{rep + 1} {label}: {closed['summary']['achieved_rps']} req/s closed; "
+                        row.setdefault("cpu", []).append(cpu_mean(closed))
+                        row.setdefault("shares", []).append(shard_shares(closed))
+                        spread = "/".join(f"{v:.0%}" for v in shard_shares(closed).values())
+                        self.stdout.write(f"  #{rep + 1} {label}: {closed['summary']['achieved_rps']} req/s closed "
+                                          f"(CPU {cpu_mean(closed)}%, by shard {spread or '-'}); "
                                           f"open p50 {opened['summary']['latency']['p50_ms']} ms, p95 "
                                           f"{opened['summary']['latency']['p95_ms']} ms "
                                           f"({'valid' if row['valid'][-1] else 'INVALID'})")
             finally:
-                topo.apply(before, replace=True)
-        except (RunError, TopologyError) as exc:
+                if any(before[k] != topo.data()["topology"][k] for k in PLACEMENT):
+                    self.place(topo, {k: before[k] for k in PLACEMENT})
+                topo.apply({k: v for k, v in before.items() if k not in (*PLACEMENT, "reshard_shards")}, replace=True)
+        except (RunError, TopologyError, reshard.ReshardError) as exc:
             raise CommandError(str(exc)) from None
-        text = render(cfg, o, heading, what, table)
+        data["posts_end"] = shard_rows(cfg, topo.data()["topology"]["shards"], "api_post")
+        if o["suite"] == "sharding":
+            text = render_sharding(cfg, o, heading, what, table, self.reshards, data)
+        else:
+            text = render(cfg, o, heading, what, table)
         self.stdout.write(text)
         if not o["no_write"]:
             write_doc_block(f"bench-{o['suite']}", text, heading)
             self.stdout.write(f"written to {BENCHMARKS_DOC}")
 
+    def place(self, topo: TopologyClient, placement: dict) -> None:
+        """Reshard to `placement` if the data is not there yet (in-process, as `manage.py reshard`
+        does), record it, and wait until the controller runs what the new topology asks for."""
+        current = topo.data()["topology"]
+        strategy, count = placement.get("sharding", current["sharding"]), placement.get("shards", current["shards"])
+        if (current["sharding"], current["shards"]) == (strategy, count):
+            return
+        mover = reshard.Resharder()
+        try:
+            job = mover.start(count, strategy)
+        except reshard.ReshardError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see finished_anyway
+            job = finished_anyway(exc, strategy, count)
+        finally:
+            if mover.lock_conn is not None:  # the session lock: one reshard at a time
+                mover.lock_conn.close()
+        topo.settled()
+        same = (job.before.get("users_sum"), job.before.get("posts_sum")) == \
+            (job.after.get("users_sum"), job.after.get("posts_sum"))
+        record = {"job": job.id, "from": f"{job.from_strategy} x {job.from_shards}",
+                  "to": f"{job.to_strategy} x {job.to_shards}", "users": job.users_total,
+                  "users_moved": job.users_moved, "posts_moved": job.posts_moved,
+                  "fraction": job.users_moved / job.users_total if job.users_total else 0.0,
+                  "seconds": job.seconds, "batches": job.batches, "checksums_equal": same}
+        self.reshards.append(record)
+        self.stdout.write(f"  reshard #{job.id} {record['from']} -> {record['to']}: {job.users_moved:,} of "
+                          f"{job.users_total:,} users moved ({record['fraction']:.1%}), {job.posts_moved:,} posts, "
+                          f"{job.seconds:.1f} s; checksums {'equal' if same else 'DIFFER'}")
 
-def render(cfg, o, heading, what, table) -> str:
-    base = table[next(iter(table))]
-    base_thr, base_p50 = _median(base["thr"]), _median(base["p50"])
+
+def finished_anyway(exc: Exception, strategy: str, count: int):
+    """A reshard to fewer shards can fail after its last step: it sets the topology, then counts
+    rows on every old shard, and the controller may retire an emptied shard in between (the
+    connection is refused). The data, the fences and the topology are then final; only the job row
+    is left `moving`, which would block every later reshard. Close that row with the count over the
+    shards that remain and say so; re-raise anything else."""
+    from django.utils import timezone
+
+    from api.models import ReshardJob
+    from api.routing.ids import MAX_ID
+    from workbench import topology
+    job = reshard.Resharder.active()
+    t = topology.store().read().topology
+    if job is None or job.moved_upto != MAX_ID or job.state != ReshardJob.MOVING or \
+            (t.sharding, t.shards, t.reshard_shards) != (strategy, count, 0) or (job.to_strategy, job.to_shards) != \
+            (strategy, count):
+        raise exc
+    job.after = reshard.table_sums(count)
+    job.state = ReshardJob.DONE
+    job.finished_at = timezone.now()
+    job.seconds = (job.finished_at - job.started_at).total_seconds()
+    job.save()
+    print(f"  reshard #{job.id}: its final row count failed ({exc.__class__.__name__}: a retired shard); "
+          f"counted again over the {count} shard(s) left", flush=True)
+    return job
+
+
+def shard_rows(cfg, count: int, table: str = "api_user") -> int:
+    """Rows of `table` over the first `count` shards, counted on each shard's primary."""
+    import psycopg
+    total = 0
+    for k in range(1, count + 1):
+        with psycopg.connect(cfg.shard_url(k), connect_timeout=5) as conn:
+            total += conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return total
+
+
+def _preamble(cfg, o, what, options: str = "") -> list[str]:
+    """Who measured what, how, and on which machine: the opening of every suite's block."""
     m = machine()
     emu = parameters.emulation()
-    lines = [
+    return [
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `python manage.py bench_topology {o['suite']} "
         f"--repeats {o['repeats']} --duration {o['duration']:g} --rate {o['rate']:g} --connections "
-        f"{o['connections']}` on {m['cores']} cores / {m['memory_bytes'] / 2**30:.0f} GiB ({m['platform']}); the "
-        f"generator, {cfg.app_servers} app servers x {cfg.app_workers} gthread workers x {cfg.app_threads} threads, "
-        f"Caddy round-robin, and every PostgreSQL node share the machine. Workload: {what}. No cache.",
+        f"{o['connections']}{options}` on {m['cores']} cores / {m['memory_bytes'] / 2**30:.0f} GiB ({m['platform']}); "
+        f"the generator, {cfg.app_servers} app servers x {cfg.app_workers} gthread workers x {cfg.app_threads} "
+        f"threads, Caddy round-robin, and every PostgreSQL node share the machine. Workload: {what}. No cache.",
         "",
         f"Medians of {o['repeats']} interleaved repetitions. Throughput: closed loop, {o['connections']} "
         f"connections. Latency: open model at {o['rate']:g} req/s, timed from the intended send. Emulation, where "
@@ -112,6 +217,13 @@ def render(cfg, o, heading, what, table) -> str:
         f"{emu['node_concurrency']} queries at once (parameters and sources: workbench/parameters.toml). Per-node "
         "figures are shared-CPU figures: every node runs on the same 2 cores.",
         "",
+    ]
+
+
+def render(cfg, o, heading, what, table) -> str:
+    base = table[next(iter(table))]
+    base_thr, base_p50 = _median(base["thr"]), _median(base["p50"])
+    lines = _preamble(cfg, o, what) + [
         "| case | throughput (req/s) | vs first row | p50 (ms) | p95 (ms) | p50 vs first row | runs valid |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -121,6 +233,65 @@ def render(cfg, o, heading, what, table) -> str:
         p50_ratio = f"{p50 / base_p50:.2f}x" if p50 and base_p50 else "-"
         lines.append(f"| {label} | {thr or 0:,.0f} | {ratio} | {p50 or 0:.2f} | {p95 or 0:.2f} | {p50_ratio} | "
                      f"{sum(row['valid'])}/{len(row['valid'])} |")
+    lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+    return "\n".join(lines)
+
+
+def _emulation_of(label: str) -> str:
+    return label.split(", ", 1)[1]
+
+
+def render_sharding(cfg, o, heading, what, table, reshards: list[dict], data: dict) -> str:
+    """The sharding table: each shard count against one shard under the same emulation, where the
+    writes went (X-DB-Node), how busy the machine was, and every reshard the suite ran."""
+    one = {_emulation_of(label): row for label, row in table.items() if label.startswith("shards=1,")}
+    lines = _preamble(cfg, o, what, f" --strategy {o['strategy']}") + [
+        f"Data: {data['users']:,} users at the start (the default `up` seed), growing by the posts the runs write "
+        f"({data['posts_end']:,} posts at the end). Each shard count is reached by an online reshard (in-process, "
+        "what `manage.py reshard` runs), with the API idle; the suite interleaves 1, 2 and 4 shards within each "
+        "repetition and reshards back at the end.",
+        "",
+        "| case | throughput (req/s) | vs 1 shard, same emulation | p50 (ms) | p95 (ms) | p95 vs 1 shard | "
+        "writes by shard (closed run) | CPU, closed run | runs valid |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = set()
+    for label, row in table.items():
+        base = one.get(_emulation_of(label)) or row
+        thr, p50, p95 = _median(row["thr"]), _median(row["p50"]), _median(row["p95"])
+        b_thr, b_p95 = _median(base["thr"]), _median(base["p95"])
+        count = int(label.split(",", 1)[0].split("=")[1])
+        shares = {k: _median([s.get(k, 0.0) for s in row["shares"]]) for k in range(1, count + 1)}
+        spread = " / ".join(f"{shares[k]:.0%}" for k in sorted(shares))
+        if count > 1 and min(shares.values()) < 0.5 / count:
+            spread += " (†)"
+            notes.add("†")
+        cpu = _median(row["cpu"])
+        cpu_text = "-" if cpu is None else f"{cpu:.0f}%"
+        if cpu is not None and cpu >= CPU_SATURATED and "emulation on" in label:
+            cpu_text += " (*)"
+            notes.add("*")
+        lines.append(f"| {label} | {thr or 0:,.0f} | {f'{thr / b_thr:.2f}x' if thr and b_thr else '-'} | "
+                     f"{p50 or 0:.2f} | {p95 or 0:.2f} | {f'{p95 / b_p95:.2f}x' if p95 and b_p95 else '-'} | "
+                     f"{spread} | {cpu_text} | {sum(row['valid'])}/{len(row['valid'])} |")
+    if "*" in notes:
+        lines += ["", f"(*) The machine's CPU was saturated (mean >= {CPU_SATURATED:g}% of both cores) during the "
+                  "closed run: the shared CPU, not the emulated nodes' limits, set that throughput, so it does not "
+                  "stand for separate machines (DESIGN.md section 5). The open-model latency at the lower rate is "
+                  "the emulated figure."]
+    if "†" in notes:
+        lines += ["", "(†) The writes did not reach every shard evenly: the load generator drew its user ids from "
+                  "shard 1 only (workbench/loadgen/runs.py `load_keys` reads the data primary), so this row "
+                  "measures one shard under load while the others idle. Not a sharding result."]
+    lines += ["", "Reshards run by the suite (users moved is the share that changed shard; the duration includes "
+              "the controller starting new shard primaries):", "",
+              "| # | from | to | users | users moved | posts moved | duration (s) | batches | checksums before = after |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in reshards:
+        lines.append(f"| {r['job']} | {r['from']} | {r['to']} | {r['users']:,} | {r['users_moved']:,} "
+                     f"({r['fraction']:.1%}) | {r['posts_moved']:,} | {r['seconds'] or 0:.1f} | {r['batches']} | "
+                     f"{'yes' if r['checksums_equal'] else 'NO'} |")
     lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
               "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
     return "\n".join(lines)

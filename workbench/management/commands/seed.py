@@ -3,22 +3,30 @@
 Ids are real snowflakes made from each row's created_at (generator 1023 is kept for seeding), so
 seeded and live rows sort the same way. Seeded accounts get no password hash: hashing costs about
 0.2 s each here; load tests use tokens minted in bulk instead.
+
+With more than one shard, users are partitioned by the topology's placement (the same functions
+as api/routing/placement.py, vectorised and checked against it on a sample) and each partition,
+with its users' posts, is copied into its own shard's primary, whose indexes are dropped and
+rebuilt there. Under `directory` the seed assigns users to the shards with the fewest users first
+(round robin when they are even) and writes the directory rows into meta with the accounts.
 """
+import contextlib
 import sys
 import time
 
 import numpy as np
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connections
+from django.db import OperationalError, connections
 
-from api.models import User
 from api.queries import INDEX_WORK_LOCK
-from api.routing import ids
-from api.routing.db import META, PRIMARY
+from api.routing import ids, placement, shards
+from api.routing.db import META
+from workbench import topology
 
 DAY_MS = 86_400_000
 CHUNK = 100_000
+PLACEMENT_CHECK = 2_000  # users whose vectorised placement is checked against placement.place
 WORDS = ("scaling cache replica shard latency queue token bucket primary failover index cursor "
          "throughput budget region edge proxy snapshot stream backlog capacity").split()
 
@@ -70,7 +78,8 @@ def copy_rows(alias: str, table: str, columns: list[str], column_values: list, p
 
 
 class IndexesOff:
-    """Drop a table's indexes and constraints, and put the same ones back afterwards."""
+    """Drop a table's indexes and constraints, and put the same ones back afterwards (every index
+    on the tables: the search GIN index on api_post too, rebuilt from its own definition)."""
 
     def __init__(self, alias: str, tables: list[str]):
         self.alias, self.tables = alias, tables
@@ -105,8 +114,83 @@ class IndexesOff:
             cur.execute("SELECT pg_advisory_unlock(%s)", [INDEX_WORK_LOCK])
 
 
+# --- placement, vectorised ---------------------------------------------------------------------
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """api.routing.shards.mix64 on uint64 arrays (numpy's uint64 products wrap modulo 2**64)."""
+    x = x.astype(np.uint64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def shards_of(user_ids: np.ndarray, count: int, strategy: str) -> np.ndarray:
+    """shards.shard_of for an array of ids (1-based shard per id), for the pure strategies."""
+    if count == 1:
+        return np.ones(len(user_ids), dtype=np.int64)
+    if strategy == "hash":
+        return (_mix64(user_ids) % np.uint64(count)).astype(np.int64) + 1
+    if strategy == "consistent":
+        points, owners = shards.ring(count)
+        at = np.searchsorted(np.array(points, dtype=np.uint64), _mix64(user_ids), side="left")
+        return np.array(owners, dtype=np.int64)[at % len(points)]
+    if strategy == "modulo":
+        return user_ids % count + 1
+    if strategy == "range":
+        return np.searchsorted(np.array(shards._range_bounds(count), dtype=np.int64), user_ids, side="right") + 1
+    raise CommandError(f"unknown sharding strategy {strategy!r}")
+
+
+def balanced(users: int, counts: dict[int, int]) -> np.ndarray:
+    """`directory`: the shard of each new user, each to a shard with the fewest users at its turn
+    (ties to the lowest number), so even shards fill round robin: 1, 2, 3, 1, 2, 3, ..."""
+    top = max(counts.values()) + -(-users // len(counts))
+    levels = np.concatenate([np.arange(c + 1, top + 1) for c in counts.values()])
+    owners = np.concatenate([np.full(max(top - c, 0), k) for k, c in counts.items()])
+    order = np.lexsort((owners, levels))[:users]  # by level, then shard number
+    return owners[order].astype(np.int64)
+
+
+def partition(user_ids: np.ndarray, t, directory_counts: dict[int, int] | None) -> np.ndarray:
+    if t.sharding == "directory":
+        return balanced(len(user_ids), directory_counts) if t.shards > 1 else np.ones(len(user_ids), dtype=np.int64)
+    out = shards_of(user_ids, t.shards, t.sharding)
+    step = max(1, len(user_ids) // PLACEMENT_CHECK)
+    for i in range(0, len(user_ids), step):  # the vectorised copy must agree with the router
+        if out[i] != placement.place(int(user_ids[i]), t.sharding, t.shards):
+            raise CommandError(f"seed placement of user {user_ids[i]} disagrees with the router")
+    return out
+
+
+# --- the shards --------------------------------------------------------------------------------
+def _has_users(alias: str) -> bool:
+    with connections[alias].cursor() as cur:
+        cur.execute("SELECT EXISTS (SELECT 1 FROM api_user)")
+        return cur.fetchone()[0]
+
+
+def _has_accounts() -> bool:
+    with connections[META].cursor() as cur:
+        cur.execute("SELECT EXISTS (SELECT 1 FROM meta_account)")
+        return cur.fetchone()[0]
+
+
+def data_exists(count: int) -> bool:
+    """Whether any shard holds users. Shard 1 is asked first (the one-shard answer, as before).
+    A shard whose primary does not answer (the controller starts shards 2..N after the seed at
+    bring-up) counts as holding users exactly when meta holds accounts: every user has one."""
+    if _has_users(shards.primary_alias(1)):
+        return True
+    for k in range(2, count + 1):
+        try:
+            if _has_users(shards.primary_alias(k)):
+                return True
+        except OperationalError:
+            return _has_accounts()
+    return False
+
+
 class Command(BaseCommand):
-    help = "Seed users and posts in bulk (COPY), with their accounts in meta."
+    help = "Seed users and posts in bulk (COPY) on their shards, with their accounts in meta."
 
     def add_arguments(self, parser):
         parser.add_argument("--users", type=int, default=10_000)
@@ -119,7 +203,12 @@ class Command(BaseCommand):
     def handle(self, *args, users, posts_per_user, if_empty, replace, no_progress, random_seed, **options):
         if users < 0 or posts_per_user < 0 or users > 10_000_000:
             raise CommandError("--users must be 0..10,000,000 and --posts-per-user at least 0")
-        has_data = User.objects.exists()
+        t = topology.current().topology
+        if t.reshard_shards:
+            raise CommandError(f"a reshard to {t.reshard_shards} shards is running: seed when it is over")
+        count = t.shards
+        aliases = [shards.primary_alias(k) for k in range(1, count + 1)]
+        has_data = data_exists(count)
         if has_data and if_empty:
             self.stdout.write("users exist already: not seeding")
             return
@@ -148,25 +237,64 @@ class Command(BaseCommand):
         post_bodies = bodies[rng.integers(0, len(bodies), len(post_ms))]
         post_times = pg_times(post_ms)
 
-        with connections[PRIMARY].cursor() as cur, connections[META].cursor() as meta:
-            if replace:
-                cur.execute("TRUNCATE api_post, api_user")
-                meta.execute("DELETE FROM meta_account")
-        with IndexesOff(PRIMARY, ["api_user", "api_post"]), IndexesOff(META, ["meta_account"]):
+        directory = t.sharding == "directory"
+        try:
+            with contextlib.ExitStack() as stack:
+                meta = stack.enter_context(connections[META].cursor())
+                data = [stack.enter_context(connections[a].cursor()) for a in aliases]
+                if replace:
+                    for cur in data:
+                        cur.execute("TRUNCATE api_post, api_user")
+                    meta.execute("DELETE FROM meta_account")
+                    meta.execute("DELETE FROM meta_shard_directory")
+                counts = None
+                if directory:
+                    meta.execute("SELECT shard, count(*) FROM meta_shard_directory GROUP BY shard")
+                    counts = dict.fromkeys(range(1, count + 1), 0)
+                    for shard, how_many in meta.fetchall():
+                        if shard in counts:
+                            counts[shard] = how_many
+        except OperationalError as exc:
+            raise CommandError(f"a shard's primary does not answer ({exc}); is the stack up with "
+                               f"{count} shard(s)?") from None
+        user_shard = partition(user_ids, t, counts)
+
+        user_columns = ["id", "username", "email", "name", "bio", "post_count", "created_at", "updated_at"]
+        user_values = [user_id_text, usernames, emails, np.char.add("User ", n), np.full(users, ""),
+                       np.full(users, str(posts_per_user)), user_times, user_times]
+        post_columns = ["id", "user_id", "title", "body", "created_at", "updated_at"]
+        post_values = [post_ids.astype(str), user_id_text[post_owner], post_titles, post_bodies, post_times,
+                       post_times]
+        meta_tables = ["meta_account"] + (["meta_shard_directory"] if directory else [])
+        with contextlib.ExitStack() as stack:
+            for alias in aliases:
+                stack.enter_context(IndexesOff(alias, ["api_user", "api_post"]))
+            stack.enter_context(IndexesOff(META, meta_tables))
             copy_rows(META, "meta_account",
                       ["user_id", "username", "email", "role", "state", "signup_fingerprint", "password", "created_at"],
                       [user_id_text, usernames, emails, np.full(users, "member"), np.full(users, "active"),
                        np.full(users, ""), np.full(users, "!"), user_times], progress, "accounts (meta)")
-            copy_rows(PRIMARY, "api_user",
-                      ["id", "username", "email", "name", "bio", "post_count", "created_at", "updated_at"],
-                      [user_id_text, usernames, emails, np.char.add("User ", n), np.full(users, ""),
-                       np.full(users, str(posts_per_user)), user_times, user_times], progress, "users")
-            copy_rows(PRIMARY, "api_post", ["id", "user_id", "title", "body", "created_at", "updated_at"],
-                      [post_ids.astype(str), user_id_text[post_owner], post_titles, post_bodies,
-                       post_times, post_times], progress, "posts")
+            if directory:
+                copy_rows(META, "meta_shard_directory", ["user_id", "shard"],
+                          [user_id_text, user_shard.astype(str)], progress, "directory (meta)")
+            if count == 1:  # one shard: everything goes to its primary, as before sharding
+                copy_rows(aliases[0], "api_user", user_columns, user_values, progress, "users")
+                copy_rows(aliases[0], "api_post", post_columns, post_values, progress, "posts")
+            else:
+                post_shard = user_shard[post_owner]
+                for k, alias in enumerate(aliases, start=1):
+                    mine, their_posts = np.flatnonzero(user_shard == k), np.flatnonzero(post_shard == k)
+                    copy_rows(alias, "api_user", user_columns, [col[mine] for col in user_values], progress,
+                              f"users (shard {k})")
+                    copy_rows(alias, "api_post", post_columns, [col[their_posts] for col in post_values], progress,
+                              f"posts (shard {k})")
             if progress.enabled:
                 sys.stderr.write("building indexes and constraints...\n")
         elapsed = time.perf_counter() - started
-        self.stdout.write(f"seeded {users:,} users and {len(post_ms):,} posts in {elapsed:.1f}s")
+        spread = ""
+        if count > 1:
+            per_shard = np.bincount(user_shard, minlength=count + 1)[1:]
+            spread = f" over {count} shards ({t.sharding}: " + ", ".join(f"{c:,}" for c in per_shard) + " users)"
+        self.stdout.write(f"seeded {users:,} users and {len(post_ms):,} posts{spread} in {elapsed:.1f}s")
         if replace:
             call_command("demo_accounts", stdout=self.stdout)
