@@ -29,14 +29,8 @@ def user_list(*, page: PageParams) -> list[User]:
     Scatter-gather: every shard returns its first limit+1 users after the cursor, and the pages
     are merged by id. A user being moved by a reshard can be on two shards for a moment (copied,
     not yet deleted); the copies are the same row, and the merge keeps one."""
-    merged, seen = [], set()
-    for user in heapq.merge(*(_users_on(shard, page) for shard in shards_in_use()), key=lambda u: u.id):
-        if user.id not in seen:
-            seen.add(user.id)
-            merged.append(user)
-        if len(merged) > page.limit:
-            break
-    return merged
+    return merge_pages([_users_on(shard, page) for shard in shards_in_use()], key=lambda u: u.id,
+                       limit=page.limit)
 
 
 def shards_in_use() -> range:

@@ -7,6 +7,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import requests
 from streamlit.testing.v1 import AppTest
 
 from lessons import data_nodes
@@ -17,7 +18,7 @@ from conftest import free_port_base
 
 APP = Path(__file__).resolve().parents[1] / "lessons" / "app.py"
 METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "Answered by",
-           "Replicas running", "Replication"]
+           "Replicas running", "Replication", "Strategy", "Shards", "Shards running"]
 LAG = "replay lag (ms, 100 ms resolution)"  # [lag] sample_interval_s = 0.1 in workbench/parameters.toml
 
 # A controller report as GET /status carries it (shape taken from a running stack with two
@@ -52,7 +53,7 @@ def run_page() -> AppTest:
     return at.run()
 
 
-def test_status_page_renders_the_live_stack(stack, controller):
+def test_status_page_renders_the_live_stack(stack, stack_config, controller):
     at = run_page()
     assert not at.exception, [e.value for e in at.exception]
     assert [t.value for t in at.title] == ["Stack status"]
@@ -66,6 +67,9 @@ def test_status_page_renders_the_live_stack(stack, controller):
     assert metrics["Phase"] == status["phase"] == "ready"
     assert metrics["GET /api/v1/users (measured now)"].endswith(" ms")
     assert metrics["Answered by"] in {f"app-{i}" for i in range(1, len(status["direct_urls"]) + 1)}
+    shards = requests.get(f"{status['api_url']}/api/v1/admin/shards", timeout=10,
+                          headers={"Authorization": f"Bearer {stack_config.controller_token()}"}).json()["data"]
+    assert (metrics["Strategy"], metrics["Shards"]) == (shards["sharding"], str(shards["shards"]))
 
     shown = at.table[0].value  # the process table; the readiness table follows it
     assert sorted(shown.index) == sorted(p["name"] for p in procs)
@@ -124,7 +128,19 @@ def fake_stack(monkeypatch):
                         lambda self: {"ok": True, "status": 200, "ms": 1.0, "app_server": "app-1"})
     monkeypatch.setattr(StackClient, "readiness", lambda self: {"status": "ready", "checks": {}})
     monkeypatch.setattr(StackClient, "topology", lambda self: topo)
+    # The admin API answers the shards section too, or fails with the topology.
+    monkeypatch.setattr(StackClient, "shards", lambda self, n=None: {"error": topo["error"]} if "error" in topo
+                        else copy.deepcopy(SHARDS))
     return topo
+
+
+SHARDS = {"sharding": "hash", "shards": 1, "shard_groups": 1,
+          "per_shard": [{"shard": 1, "nodes": ["primary"], "healthy": True, "users": 10, "posts": 50,
+                         "queries": 1234}],
+          "key_distribution": {"n": 1, "sample": 10, "degrees_of_freedom": 0, "strategies": {
+              name: {"counts": [10], "chi_squared": 0.0, "moved_to_n_plus_1": 0.5}
+              for name in ("hash", "consistent", "modulo", "range")}},
+          "last_reshard": None}
 
 
 def test_status_page_shows_replicas_and_pending_changes(fake_stack):
@@ -158,8 +174,9 @@ def test_status_page_falls_back_to_the_controllers_progress(fake_stack):
     fake_stack["error"] = "HTTP 502"
     at = run_page()
     assert not at.exception, [e.value for e in at.exception]
-    assert [w.value for w in at.warning] == ["The admin topology API did not answer: HTTP 502"]
-    assert len(at.table) == 2  # processes and data nodes; no pending table
+    assert [w.value for w in at.warning] == ["The admin topology API did not answer: HTTP 502",
+                                             "The admin shards API did not answer: HTTP 502"]
+    assert len(at.table) == 2  # processes and data nodes; no pending table, no shards
     assert "Controller: starting replica-3" in " ".join(c.value for c in at.caption)
 
 
