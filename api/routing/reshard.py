@@ -145,6 +145,7 @@ class Resharder:
     def resume(self):
         self._take_lock()
         job = self._active_or_fail()
+        self._job_topology(job)
         self._wait_for_shards(self.groups(job))
         return self.forward(job) if job.state == job.MOVING else self.backward(job)
 
@@ -152,6 +153,7 @@ class Resharder:
         from api.models import ReshardJob
         self._take_lock()
         job = self._active_or_fail()
+        self._job_topology(job)
         self._wait_for_shards(self.groups(job))
         if job.state == ReshardJob.MOVING:
             self._redo_in_flight(job, forward=True)  # every fence agrees before going back
@@ -326,8 +328,9 @@ class Resharder:
         if final.strategy != "directory":
             with connections[META].cursor() as cur:
                 cur.execute("DELETE FROM meta_shard_directory")
+        # Every row is on the final shards now; the others are retired once the topology says so.
+        job.after = table_sums(final.shards)
         self._set_topology(sharding=final.strategy, shards=final.shards, reshard_shards=0)
-        job.after = table_sums(self.groups(job))
         job.state = ReshardJob.ROLLED_BACK if rolled_back else ReshardJob.DONE
         job.finished_at = timezone.now()
         job.seconds = (job.finished_at - job.started_at).total_seconds()
@@ -351,6 +354,11 @@ class Resharder:
         self.lock_conn = psycopg.connect(settings.STACK.meta_db_url, autocommit=True, connect_timeout=5)
         if not self.lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (RESHARD_LOCK,)).fetchone()[0]:
             raise ReshardError("another reshard process is running")
+
+    def _job_topology(self, job) -> None:
+        """What the topology says while a job runs (a run killed while finishing may have changed
+        it already): the old placement, and the new shard count for the controller to run."""
+        self._set_topology(sharding=job.from_strategy, shards=job.from_shards, reshard_shards=job.to_shards)
 
     def _set_topology(self, **fields) -> None:
         doc = topology.store().update(lambda d: {**d, **fields}, "reshard", resharding=True)

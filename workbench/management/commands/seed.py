@@ -109,6 +109,9 @@ class IndexesOff:
                 cur.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
             for definition, _ in self.indexes:
                 cur.execute(definition)
+            # The COPY's row counts reach pg_stat_user_tables only when this backend flushes them;
+            # flushed after ANALYZE they would be added on top of its count (n_live_tup doubled).
+            cur.execute("SELECT pg_stat_force_next_flush()")
             for table in self.tables:
                 cur.execute(f"ANALYZE {table}")
             cur.execute("SELECT pg_advisory_unlock(%s)", [INDEX_WORK_LOCK])
@@ -204,14 +207,16 @@ class Command(BaseCommand):
         if users < 0 or posts_per_user < 0 or users > 10_000_000:
             raise CommandError("--users must be 0..10,000,000 and --posts-per-user at least 0")
         t = topology.current().topology
+        if if_empty and data_exists(t.shard_groups):
+            # `up` after a stop in the middle of a reshard lands here: the data stays as it is.
+            self.stdout.write("users exist already: not seeding")
+            return
         if t.reshard_shards:
-            raise CommandError(f"a reshard to {t.reshard_shards} shards is running: seed when it is over")
+            raise CommandError(f"a reshard to {t.reshard_shards} shards is under way: finish it "
+                               f"(`reshard --resume` or `--rollback`), then seed")
         count = t.shards
         aliases = [shards.primary_alias(k) for k in range(1, count + 1)]
         has_data = data_exists(count)
-        if has_data and if_empty:
-            self.stdout.write("users exist already: not seeding")
-            return
         if has_data and not replace:
             raise CommandError("users exist already: use --replace to start over, or --if-empty")
         started = time.perf_counter()
