@@ -32,11 +32,28 @@ PER_PROCESS_RATE = GENERATOR_CEILING // 2
 KEY_SAMPLE = 100_000
 
 
-def load_keys(database_url: str, sample: int = KEY_SAMPLE) -> tuple[list[int], list[tuple[int, int]]]:
-    with psycopg.connect(database_url, connect_timeout=5) as conn:
-        users = [r[0] for r in conn.execute("SELECT id FROM api_user ORDER BY id LIMIT %s", (sample,))]
-        posts = conn.execute("SELECT user_id, id FROM api_post ORDER BY id DESC LIMIT %s", (sample,)).fetchall()
+def load_keys(cfg: StackConfig, sample: int = KEY_SAMPLE) -> tuple[list[int], list[tuple[int, int]]]:
+    """Existing users and posts to address, from every shard that runs (an equal share of the
+    sample from each), so the requests spread over the shards as the users do."""
+    groups = _shard_groups(cfg)
+    share = max(sample // groups, 1)
+    users, posts = [], []
+    for k in range(1, groups + 1):
+        with psycopg.connect(cfg.shard_url(k), connect_timeout=5) as conn:
+            users += [r[0] for r in conn.execute("SELECT id FROM api_user ORDER BY id LIMIT %s", (share,))]
+            posts += conn.execute("SELECT user_id, id FROM api_post ORDER BY id DESC LIMIT %s", (share,)).fetchall()
     return users, [tuple(p) for p in posts]
+
+
+def _shard_groups(cfg: StackConfig) -> int:
+    import redis
+
+    from workbench import topology
+    client = redis.Redis.from_url(cfg.state_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return topology.Store(client).read().topology.shard_groups
+    finally:
+        client.close()
 
 
 def processes_for(w: Workload) -> int:
@@ -138,7 +155,7 @@ def execute(cfg: StackConfig, w: Workload, *, run_id: str | None = None, topolog
     """Run `w` against `target` (default: the stack's entry point) and save the result."""
     target = w.target or cfg.api_url
     check_target(target)
-    users, posts = load_keys(cfg.data_database_url) if w.path is None else ([], [])
+    users, posts = load_keys(cfg) if w.path is None else ([], [])
     processes = processes_for(w)
     run_id = run_id or new_run_id()
     counters = multiprocessing.get_context("fork").Array("q", 2)
