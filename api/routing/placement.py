@@ -2,10 +2,11 @@
 
 The router's guess comes from the topology (`sharding`, `shards`; api/routing/shards.py, and the
 `directory` table in meta). The truth is each shard's fence row (api.models.ShardFence), which
-a reshard moves batch by batch. Every write transaction reads its shard's fence FOR SHARE before
-touching a row: if the fence says another shard owns the user, the transaction is abandoned and
-the write goes there instead (`Moved`). A batch being moved holds the fence FOR UPDATE, so no
-write can land between its copy and its delete; a write that waited for it sees the new fence.
+a reshard moves batch by batch. Every write transaction reads its shard's fence under a shared
+advisory lock (FENCE_LOCK) before touching a row: if the fence says another shard owns the user,
+the transaction is abandoned and the write goes there instead (`Moved`). A batch being moved
+holds the lock exclusively, so no write can land between its copy and its delete; a write that
+waited for it reads the new fence.
 
 A read that finds nothing asks its shard's fence whether the user was moved away, and if so
 reads again on the owner's primary. So a worker still on the old topology (for up to a second
@@ -28,6 +29,9 @@ from . import db, nodes, shards
 from .ids import MAX_ID
 
 DIRECTORY_CACHE_MAX = 200_000
+# Shared by every write transaction on a shard, exclusive for a reshard batch. The function
+# shard_fence_for_write() (api/migrations/0004_fence_lock.py) takes it, then reads the fence.
+FENCE_LOCK = 0x5B5A4E
 
 
 class Moved(Exception):
@@ -61,9 +65,11 @@ class Fence:
 FENCE_COLUMNS = "job, old_strategy, old_shards, new_strategy, new_shards, moved_upto"
 
 
-def read_fence(cursor, *, lock: str = "") -> Fence:
-    """The fence of the shard `cursor` is connected to; `lock`: "FOR SHARE" or "FOR UPDATE"."""
-    cursor.execute(f"SELECT {FENCE_COLUMNS} FROM shard_fence WHERE id = 1 {lock}")
+def read_fence(cursor, *, for_write: bool = False) -> Fence:
+    """The fence of the shard `cursor` is connected to; `for_write` holds the shared lock on it
+    until the transaction ends."""
+    source = "shard_fence_for_write()" if for_write else "shard_fence WHERE id = 1"
+    cursor.execute(f"SELECT {FENCE_COLUMNS} FROM {source}")
     row = cursor.fetchone()
     return Fence(*row) if row else Fence()
 
@@ -104,7 +110,7 @@ def check_fence(user_id: int) -> None:
     """Inside a write transaction: raise Moved unless this shard owns `user_id`."""
     from django.db import connections
     with connections[db.write_alias()].cursor() as cursor:
-        owner = read_fence(cursor, lock="FOR SHARE").owner(user_id)
+        owner = read_fence(cursor, for_write=True).owner(user_id)
     if owner != db.current_shard():
         raise Moved(owner)
 

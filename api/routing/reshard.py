@@ -6,8 +6,8 @@ How ownership stays exact (see api/routing/placement.py for the fence):
    shard's fence is set to (old mapping, new mapping, moved_upto = 0): nothing has moved yet.
 2. Batches, in ascending user id: the next BATCH_USERS ids after moved_upto, [lo, hi]; the last
    batch runs to the largest id, so users who signed up meanwhile are moved too. Per batch:
-   a. lock every source shard's fence FOR UPDATE: writes on those shards wait (a write reads the
-      fence FOR SHARE first, in its own transaction), and those in flight finish first;
+   a. take every source shard's fence lock exclusively: writes on those shards wait (a write
+      takes it shared to read the fence, first in its transaction), and those in flight finish;
    b. on a second connection to each target, delete any leftover copy of the users to move (from
       an interrupted run) and COPY in their user and post rows; compare a checksum of the moved
       rows on both sides; commit the targets;
@@ -41,6 +41,7 @@ from workbench import topology
 
 from . import shards
 from .db import META
+from .placement import FENCE_LOCK
 from .ids import MAX_ID
 
 BATCH_USERS = int(os.environ.get("WORKBENCH_RESHARD_BATCH") or 500)
@@ -138,7 +139,7 @@ class Resharder:
         old, new = self.mappings(job)
         for k in range(1, self.groups(job) + 1):
             with _connect(k) as conn:
-                conn.execute("SELECT 1 FROM shard_fence WHERE id = 1 FOR UPDATE")
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (FENCE_LOCK,))
                 conn.execute(*_fence_sql(job.id, old, new, 0))
         return self.forward(job)
 
@@ -207,7 +208,7 @@ class Resharder:
         try:
             rows: dict[int, dict] = {}
             for k, conn in locks.items():
-                conn.execute("SELECT 1 FROM shard_fence WHERE id = 1 FOR UPDATE")
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (FENCE_LOCK,))
                 users = conn.execute(f"SELECT {', '.join(USER_COLUMNS)} FROM api_user WHERE id BETWEEN %s AND %s",
                                      (lo, hi)).fetchall()
                 rows[k] = {u[0]: u for u in users}
@@ -323,7 +324,7 @@ class Resharder:
         rest = Mapping(final.strategy, final.shards, "old")
         for k in range(1, self.groups(job) + 1):
             with _connect(k) as conn:
-                conn.execute("SELECT 1 FROM shard_fence WHERE id = 1 FOR UPDATE")
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (FENCE_LOCK,))
                 conn.execute(*_fence_sql(job.id, rest, rest, MAX_ID))
         if final.strategy != "directory":
             with connections[META].cursor() as cur:
