@@ -49,6 +49,12 @@ def is_data_model(model) -> bool:
     return meta.app_label == "api" and meta.model_name in DATA_MODELS
 
 
+def metric_name(alias: str) -> str:
+    """The name a node goes by in counters, emulation slots and the controller's report: meta, or
+    its alias (primary, replica-2, shard-3, shard-3-replica-1), whatever the shard count."""
+    return "meta" if alias == META else alias
+
+
 def node_name(alias: str) -> str:
     """The name a node goes by in headers: meta, primary, replica-N; shard-K/primary and
     shard-K/replica-N once there is more than one shard (metrics and the controller use aliases)."""

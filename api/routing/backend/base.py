@@ -34,7 +34,7 @@ def pgbouncer_ready() -> bool:
 class DatabaseWrapper(base.DatabaseWrapper):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.node = db.node_name(self.alias)
+        self.node = db.metric_name(self.alias)
         self.pooled: bool | None = None  # how the open connection was made; None when closed
         self.via_pgbouncer: bool | None = None  # likewise: whether it goes through PgBouncer
         self.execute_wrappers.append(self._observe)
