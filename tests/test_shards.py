@@ -1,6 +1,7 @@
 """The shard placement strategies (api/routing/shards.py), as pure logic: placement, evenness over
 ids shaped like the real generator's, movement when the shard count changes, and properties of the
-ring (hypothesis). The live sharded stack comes with the sharding issue; these need no stack."""
+ring and of the router (hypothesis): a fence's owner during and after a reshard, and the data node
+names. These need no stack; tests/test_shard_placement.py checks placement on the live stack."""
 import collections
 import random
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.routing import ids, shards
+from api.routing import ids, placement, shards
 
 # Chi-squared critical values at p = 0.001 for 1..7 degrees of freedom: a fair spread fails this
 # one time in a thousand.
@@ -105,3 +106,87 @@ def test_adding_a_shard_to_the_ring_only_moves_ids_to_the_new_shard(user_id, n):
 @given(x=st.integers(0, 2**64 - 1), y=st.integers(0, 2**64 - 1))
 def test_the_mixer_is_a_bijection_on_distinct_inputs(x, y):
     assert (shards.mix64(x) == shards.mix64(y)) == (x == y)
+
+
+# --- the router: fences and node names (api/routing/placement.py, api/routing/shards.py) -----------
+PURE = st.sampled_from(shards.STRATEGIES)
+SHARD_COUNT = st.integers(1, shards.MAX_SHARDS)
+# A fence's progress: anywhere in the id space, and the two ends (nothing moved yet, all moved).
+MOVED_UPTO = st.one_of(ANY_ID, st.just(-1), st.just(ids.MAX_ID))
+
+
+@settings(max_examples=400, deadline=None)
+@given(user_id=ANY_ID, old=PURE, old_n=SHARD_COUNT, new=PURE, new_n=SHARD_COUNT, upto=MOVED_UPTO)
+def test_a_fence_sends_moved_ids_to_the_new_mapping_and_the_others_to_the_old(user_id, old, old_n, new, new_n,
+                                                                            upto):
+    fence = placement.Fence(job=7, old_strategy=old, old_shards=old_n, new_strategy=new, new_shards=new_n,
+                            moved_upto=upto)
+    moved = user_id <= upto
+    assert fence.owner(user_id) == (shards.shard_of(user_id, new_n, new) if moved
+                                    else shards.shard_of(user_id, old_n, old))
+
+
+@settings(max_examples=300, deadline=None)
+@given(upto=st.integers(0, ids.MAX_ID - 1), old=PURE, old_n=SHARD_COUNT, new=PURE, new_n=SHARD_COUNT)
+def test_the_fence_boundary_itself_is_moved_and_the_next_id_is_not(upto, old, old_n, new, new_n):
+    fence = placement.Fence(job=1, old_strategy=old, old_shards=old_n, new_strategy=new, new_shards=new_n,
+                            moved_upto=upto)
+    assert fence.owner(upto) == shards.shard_of(upto, new_n, new)
+    assert fence.owner(upto + 1) == shards.shard_of(upto + 1, old_n, old)
+    assert fence.job_running  # a boundary below MAX_ID means a reshard is moving rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(user_id=ANY_ID, strategy=PURE, n=SHARD_COUNT)
+def test_a_fence_at_rest_owns_exactly_what_shard_of_says(user_id, strategy, n):
+    fence = placement.Fence(job=3, old_strategy=strategy, old_shards=n, new_strategy=strategy, new_shards=n)
+    assert not fence.job_running
+    assert fence.owner(user_id) == shards.shard_of(user_id, n, strategy) == placement.place(user_id, strategy, n)
+    # A shard without a fence row reads as the default fence: one shard, which owns everything.
+    assert placement.Fence().owner(user_id) == 1 and not placement.Fence().job_running
+
+
+@settings(max_examples=200, deadline=None)
+@given(strategy=PURE, old_n=SHARD_COUNT, new_n=SHARD_COUNT)
+def test_a_fence_whose_mapping_changes_is_a_running_job_even_before_any_id_moved(strategy, old_n, new_n):
+    fence = placement.Fence(job=2, old_strategy=strategy, old_shards=old_n, new_strategy="hash", new_shards=new_n,
+                            moved_upto=-1)
+    assert fence.job_running
+    assert fence.owner(0) == shards.shard_of(0, old_n, strategy)  # id 0 > -1: nothing moved yet
+
+
+def test_every_alias_round_trips_through_parse_alias_and_display_name():
+    aliases = shards.all_aliases()
+    assert len(aliases) == len(set(aliases)) == shards.MAX_SHARDS * (1 + shards.MAX_REPLICAS)
+    seen_plain, seen_sharded = set(), set()
+    for alias in aliases:
+        shard, index = shards.parse_alias(alias)
+        assert 1 <= shard <= shards.MAX_SHARDS and 0 <= index <= shards.MAX_REPLICAS
+        assert (shards.primary_alias(shard) if index == 0 else shards.replica_alias(shard, index)) == alias
+        assert shards.display_name(alias, sharded=False) == alias
+        shown = shards.display_name(alias, sharded=True)
+        assert shown == f"shard-{shard}/" + (f"replica-{index}" if index else "primary")
+        seen_plain.add(alias)
+        seen_sharded.add(shown)
+    assert len(seen_sharded) == len(aliases)  # no two nodes share a header name
+    # Shard 1 keeps its pre-sharding names: `primary`, `replica-i`.
+    assert shards.parse_alias("primary") == (1, 0) and shards.parse_alias("replica-3") == (1, 3)
+    assert shards.parse_alias("shard-8-replica-4") == (8, 4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shard=SHARD_COUNT, index=st.integers(0, shards.MAX_REPLICAS))
+def test_shard_and_replica_numbers_round_trip_through_their_alias(shard, index):
+    alias = shards.primary_alias(shard) if index == 0 else shards.replica_alias(shard, index)
+    assert alias in shards.all_aliases()
+    assert shards.parse_alias(alias) == (shard, index)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=24) | st.sampled_from(["meta", "default", "shard-x", "replica-", "shard-2-replica",
+                                                    "shard-2-copy-1", "pgbouncer"]))
+def test_names_that_are_not_aliases_never_raise_and_are_shown_as_they_are(text):
+    where = shards.parse_alias(text)
+    assert shards.display_name(text, sharded=False) == text
+    if where is None:  # meta, pgbouncer, anything else: never renamed
+        assert shards.display_name(text, sharded=True) == text
