@@ -93,8 +93,6 @@ class Command(BaseCommand):
                           f"{o['connections']} connections and open {o['rate']:g} req/s, {o['duration']:g} s each")
         table = {label: new_row() for label, _ in cases}
         self.reshards: list[dict] = []
-        if o["suite"] == "sharding":
-            emulation_slot_dirs(cfg)
         try:
             before = topo.data()["topology"]
             data = {"users": shard_rows(cfg, before["shards"])}
@@ -162,15 +160,6 @@ class Command(BaseCommand):
         self.stdout.write(f"  reshard #{job.id} {record['from']} -> {record['to']}: {job.users_moved:,} of "
                           f"{job.users_total:,} users moved ({record['fraction']:.1%}), {job.posts_moved:,} posts, "
                           f"{job.seconds:.1f} s; checksums {'equal' if same else 'DIFFER'}")
-
-
-def emulation_slot_dirs(cfg) -> None:
-    """Emulation keeps each node's query slots as lock files named after the node (api/routing/
-    emulation.py), and a node of shard k >= 2 is named `shard-k/primary`: the slash puts its files
-    in a folder `shard-k` that nothing makes, so with emulation on every query there failed
-    (FileNotFoundError: a 500). Until the files get safe names, the folders are made here."""
-    for k in range(1, shard_names.MAX_SHARDS + 1):
-        (cfg.run_dir / "node-slots" / f"shard-{k}").mkdir(parents=True, exist_ok=True)
 
 
 def shard_rows(cfg, count: int, table: str = "api_user") -> int:
