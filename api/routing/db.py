@@ -70,6 +70,7 @@ _shard: contextvars.ContextVar[int] = contextvars.ContextVar("db_shard", default
 @contextlib.contextmanager
 def on_shard(shard: int):
     """Run the block's data queries on `shard` (1-based)."""
+    follow_restart(primary_alias(shard))
     token = _shard.set(shard)
     try:
         yield
@@ -196,14 +197,20 @@ _seen_pids: dict[str, int] = {}
 
 
 def _follow_restarts(report, candidates: list[str]) -> None:
-    """A replica with a new process (restarted after a crash, or retired and made again) leaves
-    dead connections in this worker's pool: drop them before the first read goes there."""
     for name in candidates:
-        pid = report.nodes.get(name, {}).get("pid")
-        if pid is not None and _seen_pids.get(name) != pid:
-            if name in _seen_pids:
-                _purge(name)
-            _seen_pids[name] = pid
+        follow_restart(name, report)
+
+
+def follow_restart(alias: str, report=None) -> None:
+    """A node with a new process (restarted after a crash, or retired and started again, as a
+    reshard does with shards) leaves dead connections in this worker's pool: drop them before the
+    first query goes there. The controller's report carries each node's pid."""
+    report = report or nodes.current()
+    pid = report.nodes.get(alias, {}).get("pid")
+    if pid is not None and _seen_pids.get(alias) != pid:
+        if alias in _seen_pids:
+            _purge(alias)
+        _seen_pids[alias] = pid
 
 
 def note_query(alias: str) -> None:

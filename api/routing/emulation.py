@@ -20,7 +20,11 @@ from django.conf import settings
 
 from workbench.topology import Emulation
 
+# A query that finds every slot taken tries again after WAIT_STEP_S, doubling up to WAIT_MAX_S:
+# a fixed 0.2 ms poll burnt the CPU that emulated separate machines are meant to leave idle, and
+# 1 ms bounds what the backoff adds to a wait (small against the round trips emulated).
 WAIT_STEP_S = 0.0002
+WAIT_MAX_S = 0.001
 WAIT_LIMIT_S = 30.0
 
 _local = threading.local()  # each thread its own descriptors: flock is per open file description
@@ -54,6 +58,7 @@ def node_slot(node: str, limit: int):
         return
     deadline = time.monotonic() + WAIT_LIMIT_S
     start = random.randrange(limit)  # spread the first tries over the slots
+    step = WAIT_STEP_S
     while True:
         for k in range(limit):
             fd = _fd(node, (start + k) % limit)
@@ -68,7 +73,8 @@ def node_slot(node: str, limit: int):
             return
         if time.monotonic() > deadline:
             raise SlotTimeout(f"{node}: no free slot of {limit} within {WAIT_LIMIT_S:.0f}s")
-        time.sleep(WAIT_STEP_S)
+        time.sleep(step)
+        step = min(step * 2, WAIT_MAX_S)
 
 
 def round_trip_ms(node: str, emulation: Emulation) -> float:

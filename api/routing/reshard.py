@@ -26,6 +26,7 @@ Rolling back runs the same batches downwards, from the new mapping to the old.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -113,14 +114,25 @@ def table_sums(groups: int) -> dict:
 class Resharder:
     def __init__(self, progress=None):
         self.progress = progress or (lambda job: None)
-        self.lock_conn = None
 
     # --- entry points ----------------------------------------------------------------------------
+    # Each holds RESHARD_LOCK on its own meta connection while it runs, and lets go when it returns.
     def start(self, to_shards: int, to_strategy: str):
+        with self._locked():
+            return self._start(to_shards, to_strategy)
+
+    def resume(self):
+        with self._locked():
+            return self._resume()
+
+    def rollback(self):
+        with self._locked():
+            return self._rollback()
+
+    def _start(self, to_shards: int, to_strategy: str):
         from api.models import ReshardJob
         if not 1 <= to_shards <= shards.MAX_SHARDS:
             raise ReshardError(f"--to must be 1..{shards.MAX_SHARDS}, not {to_shards}")
-        self._take_lock()
         if self.active() is not None:
             raise ReshardError("a reshard is already under way: `reshard --resume` or `reshard --rollback`")
         t = topology.store().read().topology
@@ -143,16 +155,14 @@ class Resharder:
                 conn.execute(*_fence_sql(job.id, old, new, 0))
         return self.forward(job)
 
-    def resume(self):
-        self._take_lock()
+    def _resume(self):
         job = self._active_or_fail()
         self._job_topology(job)
         self._wait_for_shards(self.groups(job))
         return self.forward(job) if job.state == job.MOVING else self.backward(job)
 
-    def rollback(self):
+    def _rollback(self):
         from api.models import ReshardJob
-        self._take_lock()
         job = self._active_or_fail()
         self._job_topology(job)
         self._wait_for_shards(self.groups(job))
@@ -351,10 +361,14 @@ class Resharder:
             raise ReshardError("no reshard is under way")
         return job
 
-    def _take_lock(self) -> None:
-        self.lock_conn = psycopg.connect(settings.STACK.meta_db_url, autocommit=True, connect_timeout=5)
-        if not self.lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (RESHARD_LOCK,)).fetchone()[0]:
-            raise ReshardError("another reshard process is running")
+    @contextlib.contextmanager
+    def _locked(self):
+        """RESHARD_LOCK in meta: one reshard process at a time; a SIGKILLed one lets go with its
+        connection."""
+        with psycopg.connect(settings.STACK.meta_db_url, autocommit=True, connect_timeout=5) as conn:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (RESHARD_LOCK,)).fetchone()[0]:
+                raise ReshardError("another reshard process is running")
+            yield
 
     def _job_topology(self, job) -> None:
         """What the topology says while a job runs (a run killed while finishing may have changed

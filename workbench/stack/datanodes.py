@@ -512,16 +512,18 @@ class DataNodes:
     def _sample_group(self, group: ShardGroup, live: dict, report_nodes: dict, now: float) -> None:
         """A shard's primary and its replicas; their lag is measured against that primary's WAL."""
         history = self.history.setdefault(group.primary, collections.deque(maxlen=20_000))
+        # Its pid tells the app workers that the primary was started again (pools to drop).
+        pid = getattr(live.get(group.process), "pid", None)
         try:
             current = int(self._query(group.primary, CURRENT_LSN)[0][0])
             rows = self._query(group.primary, STREAMS)
             if not history or current > history[-1][1]:
                 history.append((now, current))
-            report_nodes[group.primary] = {"healthy": True, "state": "primary", "port": group.port,
+            report_nodes[group.primary] = {"healthy": True, "state": "primary", "port": group.port, "pid": pid,
                                            "shard": group.number, "lag_ms": 0.0, "lag_bytes": 0}
         except psycopg.Error:
             rows, current = [], None
-            report_nodes[group.primary] = {"healthy": False, "state": "down", "port": group.port,
+            report_nodes[group.primary] = {"healthy": False, "state": "down", "port": group.port, "pid": pid,
                                            "shard": group.number, "lag_ms": None, "lag_bytes": None}
         streams = {r[0]: r for r in rows}
         for index in range(1, MAX_REPLICAS + 1):

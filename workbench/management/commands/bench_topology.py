@@ -142,12 +142,7 @@ class Command(BaseCommand):
         strategy, count = placement.get("sharding", current["sharding"]), placement.get("shards", current["shards"])
         if (current["sharding"], current["shards"]) == (strategy, count):
             return
-        mover = reshard.Resharder()
-        try:
-            job = mover.start(count, strategy)
-        finally:
-            if mover.lock_conn is not None:  # the session lock: one reshard at a time
-                mover.lock_conn.close()
+        job = reshard.Resharder().start(count, strategy)
         topo.settled()
         same = (job.before.get("users_sum"), job.before.get("posts_sum")) == \
             (job.after.get("users_sum"), job.after.get("posts_sum"))
