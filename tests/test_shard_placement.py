@@ -36,8 +36,9 @@ EVENNESS_PAUSE_S = 0.02    # between sign-ups: a low rate, so each id has its ow
 CHI2_CRIT_DF3_P001 = 16.27
 # Queries one request runs on its shard (api/selectors.py, api/services.py; replicas off, cache off):
 # GET /users/{id}: the user. GET .../posts: the user's existence, the page.
-# PUT /users/{id} (email unchanged): the user, then the write transaction: fence FOR SHARE,
-# UPDATE, re-read. POST .../posts: fence FOR SHARE, UPDATE post_count, INSERT.
+# PUT /users/{id} (email unchanged): the user, then the write transaction: the fence check (one
+# round trip, api/routing/placement.py), UPDATE, re-read. POST .../posts: the fence check, UPDATE
+# post_count, INSERT.
 QUERIES = {"get_user": 1, "get_posts": 2, "put_user": 4, "post_post": 3}
 
 
@@ -139,22 +140,9 @@ class ShardedStack:
         return row[0]
 
     def query_totals(self) -> dict[str, int]:
-        """Queries per data node alias (and meta) since the stack started, as the app workers
-        flushed them to the state Valkey. Counters may be keyed by the header name
-        (`shard-2/primary`) or the alias (`shard-2`); both count for the alias."""
-        totals = collections.Counter()
-        for name, count in stats.totals(self.state).items():
-            totals[alias_of(name)] += count
-        return dict(totals)
-
-
-def alias_of(name: str) -> str:
-    """A data node's alias from its alias or its header name (`shard-3/replica-1`)."""
-    if "/" in name:
-        shard_part, node = name.split("/", 1)
-        shard = int(shard_part.split("-")[1])
-        return shards.primary_alias(shard) if node == "primary" else shards.replica_alias(shard, int(node.split("-")[1]))
-    return name
+        """Queries per node (by alias: primary, shard-2, ...; and meta) since the stack started, as
+        the app workers flushed them to the state Valkey."""
+        return stats.totals(self.state)
 
 
 def header_name(shard: int) -> str:
@@ -359,12 +347,6 @@ def test_point_operations_touch_exactly_one_data_node(sharded, stack_config):
 
 
 @pytest.mark.parametrize("sharded", ["hash"], indirect=True)
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: app workers count queries under the header name (api/routing/backend/base.py:37, "
-    "`self.node = db.node_name(self.alias)`: `shard-2/primary` once sharded, fixed when the wrapper "
-    "is made), while the controller publishes only names equal to an alias (workbench/stack/datanodes.py:506, "
-    "`if name in report_nodes`): once sharded, no shard, not even `primary`, shows `queries` in "
-    "GET /api/v1/admin/nodes (the counters are `shard-1/primary` .. `shard-4/primary`)"))
 def test_the_nodes_report_shows_each_shards_query_count(sharded, api_url):
     """GET /api/v1/admin/nodes publishes, per data node, the queries the workers counted."""
     with requests.Session() as http:  # some reads on every shard
