@@ -63,8 +63,8 @@ class ShardedStack:
     def reshard(self, strategy: str, count: int, *, serving: bool = True) -> None:
         """Run the reshard command (only if the stack is not already there), then wait until the
         controller runs what the new topology asks for and every worker has read it; with
-        `serving`, also until every app server answers for a user of every shard (see
-        test_a_shard_started_again_is_served_at_once: until then, a shard started again gives 503s)."""
+        `serving`, also until every app server answers for a user of every shard (a reshard
+        retires and starts shards; test_a_shard_started_again_is_served_at_once needs no wait)."""
         t = self.topology()
         if (t.sharding, t.shards, t.reshard_shards) == (strategy, count, 0):
             return
@@ -363,11 +363,6 @@ def test_the_nodes_report_shows_each_shards_query_count(sharded, api_url):
 
 
 @pytest.mark.parametrize("sharded", ["hash"], indirect=True)
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: app workers keep pooled connections to a shard's primary after the controller retires it "
-    "(reshard to fewer shards); once it is started again, each of them fails a request with 503 "
-    "(`terminating connection due to administrator command`). api/routing/db.py `_follow_restarts` "
-    "purges a pool only for replicas whose pid changed, never for shard primaries"))
 def test_a_shard_started_again_is_served_at_once(sharded):
     """4 shards, every worker with pooled connections to each; reshard to 1 (shards 2..4 retired)
     and back to 4 (started again): the first reads of every shard through every worker answer."""
