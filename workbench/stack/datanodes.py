@@ -49,6 +49,7 @@ from .process import Supervised, as_user
 
 MAX_REPLICAS = shards.MAX_REPLICAS
 APPLY_INTERVAL_S = 0.25
+RETIRE_GRACE_S = topology.REFRESH_S + nodes.REFRESH_S + 1.0
 REAPPLY_S = 5.0
 DATA_DATABASE = "workbench"
 CURRENT_LSN = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')"
@@ -292,6 +293,10 @@ class DataNodes:
             self.progress = refusal
             return
         self._say(f"retiring {name}")
+        # App workers see the topology without this shard within about REFRESH_S; until then one
+        # may still send it a query (a scatter-gather read), which would wait out its pool's
+        # timeout against a stopped server. Stop it once they have all moved on.
+        time.sleep(RETIRE_GRACE_S)
         for i in range(MAX_REPLICAS, 0, -1):
             if group.replica(i) in self.replica_names(group):
                 self._retire_replica(group, i)
