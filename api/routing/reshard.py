@@ -114,6 +114,7 @@ def table_sums(groups: int) -> dict:
 class Resharder:
     def __init__(self, progress=None):
         self.progress = progress or (lambda job: None)
+        self.written_version = 0  # the topology version this reshard last wrote
 
     # --- entry points ----------------------------------------------------------------------------
     # Each holds RESHARD_LOCK on its own meta connection while it runs, and lets go when it returns.
@@ -378,14 +379,18 @@ class Resharder:
     def _set_topology(self, **fields) -> None:
         doc = topology.store().update(lambda d: {**d, **fields}, "reshard", resharding=True)
         topology.remember(doc)
+        self.written_version = doc.version
 
     def _wait_for_shards(self, groups: int) -> None:
-        """Until the controller runs `groups` shards, each primary healthy."""
+        """Until the controller runs `groups` shards, each primary healthy, as it carries out the
+        topology this reshard wrote: a pass for an older version may still be retiring a shard
+        that looks healthy now (the previous reshard shrank the count)."""
         deadline = time.monotonic() + CONTROLLER_TIMEOUT_S
         names = [shards.primary_alias(k) for k in range(1, groups + 1)]
         while time.monotonic() < deadline:
             report = topology.report()
-            if report.fresh() and (report.running or {}).get("shard_groups", 0) >= groups and \
+            if report.fresh() and report.version >= self.written_version and \
+                    (report.running or {}).get("shard_groups", 0) >= groups and \
                     all(report.nodes.get(n, {}).get("healthy") for n in names):
                 return
             time.sleep(0.2)

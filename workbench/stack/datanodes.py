@@ -297,6 +297,11 @@ class DataNodes:
         # may still send it a query (a scatter-gather read), which would wait out its pool's
         # timeout against a stopped server. Stop it once they have all moved on.
         time.sleep(RETIRE_GRACE_S)
+        if self.store.version() != self.version or self._stored_users(group):
+            # A newer topology (a reshard wanting this shard again) or a user arrived meanwhile:
+            # the next pass decides.
+            self._say(f"not retiring {name}: the topology changed meanwhile")
+            return
         for i in range(MAX_REPLICAS, 0, -1):
             if group.replica(i) in self.replica_names(group):
                 self._retire_replica(group, i)
