@@ -48,7 +48,7 @@ def render(data: dict) -> None:
     st.markdown(f"**Key distribution**: the newest {dist['sample']:,} user ids over {dist['n']} shards")
     table = pd.DataFrame([{
         "strategy": name, **{f"shard-{i + 1}": c for i, c in enumerate(d["counts"])},
-        f"chi-squared (df {dist['degrees_of_freedom']})": d["chi_squared"],
+        f"chi-squared (df {dist['degrees_of_freedom']})": f"{d['chi_squared']:,.1f}",
         f"moved by {dist['n']} -> {dist['n'] + 1}": "\u2014" if d["moved_to_n_plus_1"] is None
         else f"{d['moved_to_n_plus_1']:.1%}",
     } for name, d in dist["strategies"].items()]).set_index("strategy")
