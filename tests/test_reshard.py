@@ -229,3 +229,39 @@ def test_sigkilled_reshard_rolls_back_and_loses_nothing(stack_config, api_url, a
     assert topology_placement(api_url, admin_headers) == ("modulo", 4, 0)
     assert_placed(cfg, 4, 4, "modulo")
     assert _sums(cfg, 4) == before
+
+
+def test_fences_that_disagree_refuse_the_write_with_503(stack_config, api_url, admin_headers):
+    """What a reshard killed between two shards' commits leaves until --resume: each of two fences
+    says the other shard owns the user. A write is refused with 503, never a 500, and nothing is
+    written; reads still answer."""
+    cfg = stack_config
+    strategy, count, _ = topology_placement(api_url, admin_headers)
+    users, _ = placement(cfg, count)
+    uid = sorted(users)[0]
+    home = users[uid][0]
+    other = next(k for k in range(1, count + 1) if k != home)
+
+    def pointing_to(target):  # a modulo shard count that puts uid on `target`
+        return next(n for n in range(1, 9) if shard_of(uid, n, "modulo") == target)
+
+    saved = {}
+    try:
+        for k, target in ((home, other), (other, home)):
+            with psycopg.connect(cfg.shard_url(k), autocommit=True) as conn:
+                saved[k] = conn.execute("SELECT job, old_strategy, old_shards, new_strategy, new_shards, "
+                                        "moved_upto FROM shard_fence").fetchone()
+                conn.execute("UPDATE shard_fence SET old_strategy = 'modulo', old_shards = %s, new_strategy = "
+                             "'modulo', new_shards = %s", (pointing_to(target), pointing_to(target)))
+        before = users[uid]
+        r = requests.post(f"{api_url}/users/{uid}/posts", json={"title": "t", "body": "b"}, timeout=30)
+        assert r.status_code == 503, r.text
+        assert r.headers["Content-Type"].startswith("application/problem+json")
+        assert "being moved" in r.json()["detail"]
+        assert requests.get(f"{api_url}/users/{uid}", timeout=10).status_code == 200
+        assert placement(cfg, count)[0][uid] == before
+    finally:
+        for k, row in saved.items():
+            with psycopg.connect(cfg.shard_url(k), autocommit=True) as conn:
+                conn.execute("UPDATE shard_fence SET job = %s, old_strategy = %s, old_shards = %s, new_strategy = %s, "
+                             "new_shards = %s, moved_upto = %s", row)

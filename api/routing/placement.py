@@ -103,7 +103,10 @@ def write(user_id: int, work, *, attempts: int = 4):
                     return work()
             except Moved as moved:
                 shard = moved.owner
-    raise RuntimeError(f"user {user_id} kept moving between shards; retry")
+    # Two fences disagree: a reshard died between two shards' commits of one batch. The rows are
+    # safe (its `--resume` or `--rollback` settles them); the write is refused until then.
+    from api.gateway.errors import Unavailable
+    raise Unavailable(f"User {user_id} is being moved between shards (an interrupted reshard); retry shortly.")
 
 
 def check_fence(user_id: int) -> None:
