@@ -28,6 +28,8 @@ from workbench.stack import config
 READS = {"read_ratio": 1.0}  # the default read mix: a user, a user's posts, a time range, a post
 POINT_READS = {"read_ratio": 1.0, "reads": {"user": 1}}
 WRITES = {"read_ratio": 0.0, "writes": {"create_post": 1}}
+# The caching lesson's workload: 95% reads of profiles and posts pages, 5% writes, Zipf popularity.
+CACHED_MIX = {"read_ratio": 0.95, "popularity": "zipf", "zipf_s": 1.1, "reads": {"user": 1, "user_posts": 1}}
 SHARD_COUNTS = (1, 2, 4)
 PLACEMENT = ("sharding", "shards")
 CPU_SATURATED = 95.0  # mean % of all cores over a run: the shared CPU, not an emulated node, set the pace
@@ -53,7 +55,16 @@ def suites(strategy: str = "hash") -> dict:
         for rtt in (None, *sweep):
             label = f"replicas={replicas}, " + ("emulation off" if rtt is None else f"emulation on, RTT {rtt:g} ms")
             replica_cases.append((label, {"replicas": replicas, "emulation": _emulated(rtt)}))
+    cache_cases = []
+    for rtt in (None, *sweep):
+        for mode in ("off", "cache-aside"):
+            label = f"cache {mode}, " + ("emulation off" if rtt is None else f"emulation on, RTT {rtt:g} ms")
+            cache_cases.append((label, {"cache": {"mode": mode}, "emulation": _emulated(rtt)}))
     return {
+        "caching": ("Caching: cache off vs cache-aside",
+                    "95% reads (GET /users/{id} and GET /users/{id}/posts, half each), 5% writes (posts, "
+                    "profile updates), Zipf popularity (s = 1.1) over the seeded users, 0 replicas",
+                    CACHED_MIX, cache_cases),
         "replicas": ("Read replicas, with and without emulation",
                      "the default read mix (users, a user's posts, time ranges, single posts), reads only",
                      READS, replica_cases),
@@ -75,7 +86,7 @@ def suites(strategy: str = "hash") -> dict:
 
 
 class Command(BaseCommand):
-    help = ("Measure a suite of topology toggles (replicas, replication, pooling, sharding) and write it to "
+    help = ("Measure a suite of topology toggles (caching, replicas, replication, pooling, sharding) and write it to "
             "docs/benchmarks.md.")
     requires_system_checks = []
 
@@ -128,6 +139,8 @@ class Command(BaseCommand):
         data["posts_end"] = shard_rows(cfg, topo.data()["topology"]["shards"], "api_post")
         if o["suite"] == "sharding":
             text = render_sharding(cfg, o, heading, what, table, self.reshards, data)
+        elif o["suite"] == "caching":
+            text = render_caching(cfg, o, what, table)
         else:
             text = render(cfg, o, heading, what, table)
         self.stdout.write(text)
@@ -176,7 +189,8 @@ def _preamble(cfg, o, what, options: str = "") -> list[str]:
         f"--repeats {o['repeats']} --duration {o['duration']:g} --rate {o['rate']:g} --connections "
         f"{o['connections']}{options}` on {m['cores']} cores / {m['memory_bytes'] / 2**30:.0f} GiB ({m['platform']}); "
         f"the generator, {cfg.app_servers} app servers x {cfg.app_workers} gthread workers x {cfg.app_threads} "
-        f"threads, Caddy round-robin, and every PostgreSQL node share the machine. Workload: {what}. No cache.",
+        f"threads, Caddy round-robin, and every PostgreSQL node share the machine. Workload: {what}."
+        + ("" if o["suite"] == "caching" else " No cache."),
         "",
         f"Medians of {o['repeats']} interleaved repetitions. Throughput: closed loop, {o['connections']} "
         f"connections. Latency: open model at {o['rate']:g} req/s, timed from the intended send. Emulation, where "
@@ -185,6 +199,29 @@ def _preamble(cfg, o, what, options: str = "") -> list[str]:
         "figures are shared-CPU figures: every node runs on the same 2 cores.",
         "",
     ]
+
+
+def render_caching(cfg, o, what, table) -> str:
+    """Each cache-aside case against cache off at the same emulation, in the same repetitions."""
+    lines = _preamble(cfg, o, what) + [
+        "| case | throughput (req/s) | vs cache off, same emulation | p50 (ms) | p95 (ms) | p95 vs cache off | "
+        "CPU, closed run | runs valid |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in table.items():
+        off = table[label.replace("cache cache-aside", "cache off")]
+        thr, p50, p95 = _median(row["thr"]), _median(row["p50"]), _median(row["p95"])
+        thr_off, p95_off = _median(off["thr"]), _median(off["p95"])
+        cpu = _median(row["cpu"])
+        lines.append(f"| {label} | {thr or 0:,.0f} | {f'{thr / thr_off:.2f}x' if thr and thr_off else '-'} | "
+                     f"{p50 or 0:.2f} | {p95 or 0:.2f} | {f'{p95 / p95_off:.2f}x' if p95 and p95_off else '-'} | "
+                     f"{cpu or 0:.0f}%{' (*)' if cpu and cpu >= CPU_SATURATED else ''} | "
+                     f"{sum(row['valid'])}/{len(row['valid'])} |")
+    lines += ["", f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run: the shared CPU "
+              "set that throughput, not the emulated database (DESIGN.md section 5).",
+              "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+    return "\n".join(lines)
 
 
 def render(cfg, o, heading, what, table) -> str:
