@@ -265,3 +265,18 @@ def test_fences_that_disagree_refuse_the_write_with_503(stack_config, api_url, a
             with psycopg.connect(cfg.shard_url(k), autocommit=True) as conn:
                 conn.execute("UPDATE shard_fence SET job = %s, old_strategy = %s, old_shards = %s, new_strategy = %s, "
                              "new_shards = %s, moved_upto = %s", row)
+
+
+def test_a_reshard_killed_before_its_fences_are_set_resumes_correctly(stack_config, api_url, admin_headers):
+    """SIGKILL after the job is recorded and the new shards run, before any fence names the job:
+    --resume must set the fences and move the rows, not flip the topology over unmoved rows."""
+    cfg = stack_config
+    strategy, count, _ = topology_placement(api_url, admin_headers)
+    before = _sums(cfg, count)
+    proc = _paused_reshard("--to", "3", "--strategy", "hash", point="started:0")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    reshard("--resume")
+    assert topology_placement(api_url, admin_headers) == ("hash", 3, 0)
+    assert_placed(cfg, 3, 3, "hash")
+    assert _sums(cfg, 3) == before

@@ -146,20 +146,30 @@ class Resharder:
                                         to_shards=to_shards, moved_upto=0)
         self._set_topology(reshard_shards=to_shards)  # the controller starts the new shards
         self._wait_for_shards(self.groups(job))
-        job.before = table_sums(self.groups(job))
-        job.users_total = job.before["users"]
-        job.save()
-        old, new = self.mappings(job)
-        for k in range(1, self.groups(job) + 1):
-            with _connect(k) as conn:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (FENCE_LOCK,))
-                conn.execute(*_fence_sql(job.id, old, new, 0))
+        _fault_point("started", 0)
+        self._begin(job)
         return self.forward(job)
+
+    def _begin(self, job) -> None:
+        """Count the rows, and set the job's fence on every shard that does not have it yet
+        (nothing moved off it so far). A run killed before this finished gets it from --resume
+        or --rollback: moving on without it would flip the topology over unmoved rows."""
+        if not job.before:
+            job.before = table_sums(self.groups(job))
+            job.users_total = job.before["users"]
+            job.save()
+        old, new = self.mappings(job)
+        for k, fence in fences(self.groups(job)).items():
+            if fence[0] != job.id:
+                with _connect(k) as conn:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (FENCE_LOCK,))
+                    conn.execute(*_fence_sql(job.id, old, new, 0))
 
     def _resume(self):
         job = self._active_or_fail()
         self._job_topology(job)
         self._wait_for_shards(self.groups(job))
+        self._begin(job)
         return self.forward(job) if job.state == job.MOVING else self.backward(job)
 
     def _rollback(self):
@@ -167,6 +177,7 @@ class Resharder:
         job = self._active_or_fail()
         self._job_topology(job)
         self._wait_for_shards(self.groups(job))
+        self._begin(job)
         if job.state == ReshardJob.MOVING:
             self._redo_in_flight(job, forward=True)  # every fence agrees before going back
             job.state = ReshardJob.ROLLING_BACK
