@@ -238,12 +238,17 @@ def test_fences_that_disagree_refuse_the_write_with_503(stack_config, api_url, a
     cfg = stack_config
     strategy, count, _ = topology_placement(api_url, admin_headers)
     users, _ = placement(cfg, count)
-    uid = sorted(users)[0]
-    home = users[uid][0]
-    other = next(k for k in range(1, count + 1) if k != home)
 
-    def pointing_to(target):  # a modulo shard count that puts uid on `target`
-        return next(n for n in range(1, 9) if shard_of(uid, n, "modulo") == target)
+    def mapping_to(uid, target):  # a (strategy, shard count) that puts uid on `target`, or None
+        return next(((name, n) for name in ("hash", "consistent", "modulo") for n in range(target, 9)
+                     if shard_of(uid, n, name) == target), None)
+
+    # A user and another shard such that each of the two fences can be made to name the other.
+    uid, home, other = next((u, ks[0], k) for u, ks in sorted(users.items()) for k in range(1, count + 1)
+                            if k != ks[0] and mapping_to(u, k) and mapping_to(u, ks[0]))
+
+    def pointing_to(target):
+        return mapping_to(uid, target)
 
     saved = {}
     try:
@@ -251,8 +256,9 @@ def test_fences_that_disagree_refuse_the_write_with_503(stack_config, api_url, a
             with psycopg.connect(cfg.shard_url(k), autocommit=True) as conn:
                 saved[k] = conn.execute("SELECT job, old_strategy, old_shards, new_strategy, new_shards, "
                                         "moved_upto FROM shard_fence").fetchone()
-                conn.execute("UPDATE shard_fence SET old_strategy = 'modulo', old_shards = %s, new_strategy = "
-                             "'modulo', new_shards = %s", (pointing_to(target), pointing_to(target)))
+                name, n = pointing_to(target)
+                conn.execute("UPDATE shard_fence SET old_strategy = %s, old_shards = %s, new_strategy = %s, "
+                             "new_shards = %s", (name, n, name, n))
         before = users[uid]
         r = requests.post(f"{api_url}/users/{uid}/posts", json={"title": "t", "body": "b"}, timeout=30)
         assert r.status_code == 503, r.text
