@@ -1,6 +1,7 @@
 """Resharding on the real stack: rows move between real PostgreSQL shards while the API takes
 writes, nothing acknowledged is lost or doubled, and a SIGKILLed reshard resumes or rolls back.
 Small batches (WORKBENCH_RESHARD_BATCH) make several batches out of the test stack's users."""
+import itertools
 import os
 import random
 import signal
@@ -15,7 +16,7 @@ import pytest
 import requests
 
 from api.routing.shards import shard_of
-from conftest import wait_for
+from conftest import Background, wait_for
 from tests.settings import ROOT
 
 BATCH = 40
@@ -96,51 +97,36 @@ def test_placement_fields_change_only_through_reshard(api_url, admin_headers):
     assert "shards" in str(problem) and "reshard" in str(problem)
 
 
-class Writers:
-    """Posts by existing users and sign-ups, through Caddy, at a bounded rate until stopped;
-    every acknowledged write is recorded."""
+class Writers(Background):
+    """Posts by existing users and sign-ups, through Caddy, each thread at a bounded rate until
+    stopped (at most limit_s of it); every acknowledged write is recorded."""
 
     def __init__(self, api_url, user_ids, threads=2, rate_per_thread=15.0, limit_s=300):
-        self.api_url, self.user_ids = api_url, list(user_ids)
+        self.api_url, self.user_ids, self.rate = api_url, list(user_ids), rate_per_thread
         self.posts, self.users, self.failures = [], [], Counter()
-        self.stop = threading.Event()
-        self.deadline = time.monotonic() + limit_s
-        self.threads = [threading.Thread(target=self._run, args=(i, rate_per_thread), daemon=True)
-                        for i in range(threads)]
+        self.sequence, self.rng = itertools.count(1), random.Random(0)
+        super().__init__(self._write, threads=threads, limit=int(rate_per_thread * limit_s))
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-
-    def _run(self, index, rate):
-        session, rng, n = requests.Session(), random.Random(index), 0
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
-            n += 1
-            try:
-                if n % 20 == 0:  # a sign-up hashes a password (~0.2 s of CPU): keep them few
-                    name = f"rs{index}x{n}x{rng.randrange(10**9)}"
-                    r = session.post(f"{self.api_url}/users", json={"username": name[:30], "email": f"{name}@e.org",
-                                                                    "password": "correct-horse"},
-                                     timeout=30)
-                    if r.status_code == 201:
-                        self.users.append(int(r.json()["data"]["id"]))  # ids are strings in JSON
-                else:
-                    uid = rng.choice(self.user_ids + self.users[-20:])
-                    r = session.post(f"{self.api_url}/users/{uid}/posts", json={"title": f"during {n}", "body": "x"},
-                                     timeout=30)
-                    if r.status_code == 201:
-                        self.posts.append((int(r.json()["data"]["id"]), int(uid)))
-                if r.status_code not in (200, 201):
-                    self.failures[r.status_code] += 1
-            except requests.RequestException as exc:
-                self.failures[type(exc).__name__] += 1
-            self.stop.wait(1 / rate)
+    def _write(self, session):
+        n = next(self.sequence)
+        try:
+            if n % 20 == 0:  # a sign-up hashes a password (~0.2 s of CPU): keep them few
+                name = f"rs{n}x{self.rng.randrange(10**9)}"
+                r = session.post(f"{self.api_url}/users", json={"username": name[:30], "email": f"{name}@e.org",
+                                                                "password": "correct-horse"}, timeout=30)
+                if r.status_code == 201:
+                    self.users.append(int(r.json()["data"]["id"]))  # ids are strings in JSON
+            else:
+                uid = self.rng.choice(self.user_ids + self.users[-20:])
+                r = session.post(f"{self.api_url}/users/{uid}/posts", json={"title": f"during {n}", "body": "x"},
+                                 timeout=30)
+                if r.status_code == 201:
+                    self.posts.append((int(r.json()["data"]["id"]), int(uid)))
+            if r.status_code not in (200, 201):
+                self.failures[r.status_code] += 1
+        except requests.RequestException as exc:
+            self.failures[type(exc).__name__] += 1
+        self.stop.wait(1 / self.rate)
 
 
 def test_reshard_under_writes_loses_nothing(stack_config, api_url, admin_headers):
