@@ -91,15 +91,28 @@ class Indexes:
 
 @dataclass(frozen=True)
 class Cache:
-    """The application cache in the `cache` Valkey (api/caching): how reads and writes use it, and
-    how long each resource's entries live. Room is left for write-behind, the per-process L1 and
-    the query cache, which are not built yet."""
-    mode: str = _choice("off", "off", "cache-aside", "write-through")
+    """The caching layers (api/caching), each toggled live: the application cache in the `cache`
+    Valkey (`mode`, TTLs per resource, single-flight), the per-process L1 in front of it, and the
+    database query cache beneath the views. Write-behind's queue lives in the `state` Valkey, whose
+    persistence is set here too, because that is what decides what a crash of it loses."""
+    mode: str = _choice("off", "off", "cache-aside", "write-through", "write-behind")
     user_ttl_s: int = _int(60, 1, 86_400)   # GET /users/{id}
     posts_ttl_s: int = _int(30, 1, 86_400)  # GET /users/{id}/posts: every page and time range
     # Stampede protection: the first miss of a key takes a short lock and reads the database; other
     # misses of that key wait (bounded) for its fill instead of sending the same query (api/caching/reads).
     single_flight: bool = _bool(True)
+    # The per-process LRU in front of the Valkey cache (api/caching/local.py): entries live
+    # l1_ttl_ms at most and are dropped on every app server by a pub/sub invalidation message.
+    l1: bool = _bool(False)
+    l1_ttl_ms: int = _int(2000, 1, 60_000)
+    l1_entries: int = _int(2000, 1, 100_000)
+    # The database query cache (api/caching/querycache.py): result rows of the selectors' queries,
+    # per shard, invalidated on writes; its own TTL, independent of `mode`.
+    query_cache: bool = _bool(False)
+    query_ttl_s: int = _int(30, 1, 86_400)
+    # The `state` Valkey's persistence, which write-behind's queue depends on: `everysec` (an append-
+    # only file fsynced every second), `always` (fsynced before each reply), `off` (memory only).
+    state_fsync: str = _choice("everysec", "everysec", "always", "off")
 
 
 @dataclass(frozen=True)
