@@ -390,3 +390,26 @@ def test_workload_target_is_checked(no_allowed_hosts):
         Workload.from_dict({"target": "http://example.com:8000"})
     assert info.value.field == "target"
     assert Workload.from_dict({"target": "http://127.0.0.1:9/"}).target == "http://127.0.0.1:9/"
+
+
+def test_server_timing_parts_are_parsed_and_averaged_across_merged_recorders():
+    from workbench.loadgen.recorder import Recorder, server_timing
+
+    assert server_timing("app;dur=1.20, cache;dur=0.31, db;desc=x;dur=2") == {"app": 1.2, "cache": 0.31, "db": 2.0}
+    assert server_timing("app;dur=oops, miss") == {}
+    a, b = Recorder(), Recorder()
+    a.on_done(0, "user", 1000, 1000, "ok", {"Server-Timing": "app;dur=2.00, db;dur=1.00"})
+    b.on_done(0, "user", 1000, 1000, "ok", {"Server-Timing": "app;dur=4.00"})
+    b.on_done(0, "user", 1000, 1000, "ok", {})  # no header: not part of the means
+    merged = Recorder.merge([a.to_dict(), b.to_dict()])
+    assert merged.summary(1.0)["server_timing_ms"] == {"app": 3.0, "db": 0.5}
+
+
+def test_hot_keys_limits_the_keys_a_workload_draws_from():
+    w = Workload(hot_keys=3).validate()
+    keys = Keys(list(range(100)), [(u, u * 10) for u in range(100)], w)
+    rng = random.Random(7)
+    assert len({keys.user(rng) for _ in range(500)}) == 3
+    assert len({keys.post(rng) for _ in range(500)}) == 3
+    with pytest.raises(WorkloadError):
+        Workload(hot_keys=-1).validate()

@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 
 from rest_framework.renderers import JSONRenderer
 
+from api import timing
+
 
 def etag_for(data) -> str:
     """The ETag of a representation. It covers `data` only: meta's timestamp and request id change
@@ -24,6 +26,10 @@ class EnvelopeRenderer(JSONRenderer):
     charset = None
 
     def render(self, data, accepted_media_type=None, renderer_context=None):
+        with timing.timed("render"):
+            return self._render(data, accepted_media_type, renderer_context)
+
+    def _render(self, data, accepted_media_type, renderer_context):
         context = renderer_context or {}
         response = context.get("response")
         if response is None or getattr(response, "is_problem", False) or response.status_code >= 400:

@@ -12,7 +12,7 @@ import uuid
 
 from django.conf import settings
 
-from api import counters, faults
+from api import counters, faults, timing
 from api.caching import reads as cache_reads
 from api.caching import request as cache_request
 from api.caching import writes as cache_writes
@@ -34,6 +34,7 @@ class GatewayMiddleware:
 
     def __call__(self, request):
         started = time.perf_counter()
+        timing_token = timing.begin()
         given = request.headers.get("X-Request-Id", "")
         request.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         faults.arm(request)
@@ -44,9 +45,11 @@ class GatewayMiddleware:
             refused = self._limits(request)
             if refused is not None:
                 self._drain(request)
+            timing.add("gateway", time.perf_counter() - started)
             response = refused or self.get_response(request)
             cache_writes.retry_pending()  # invalidations that failed while the cache was down
         finally:
+            finishing = time.perf_counter()
             faults.disarm()
             cache_reads.release_held()  # a single-flight lock that no fill released (an error, a 404)
             cache = cache_request.end(cache_token)
@@ -59,8 +62,10 @@ class GatewayMiddleware:
         response["X-App-Server"] = settings.APP_SERVER_NAME
         # The worker's local copy: at most one small version check a second, never a read per request.
         response["X-Topology-Version"] = str(topology.current().version)
+        timing.add("gateway", time.perf_counter() - finishing)
+        spent = timing.end(timing_token)
         response["Server-Timing"] = cache_request.headers(
-            response, cache, f"app;dur={(time.perf_counter() - started) * 1000:.2f}")
+            response, cache, f"app;dur={(time.perf_counter() - started) * 1000:.2f}") + timing.header_parts(spent)
         return response
 
     @staticmethod

@@ -3,6 +3,7 @@ retry on the primary, and the application cache's read path (api.caching)."""
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api import timing
 from api.caching import reads
 from api.gateway.envelope import etag_for, render_data
 from api.gateway.errors import NotFound
@@ -52,11 +53,13 @@ class ApiView(APIView):
         if request.method in ("GET", "HEAD") and response.status_code == 200 and isinstance(response, Response):
             etag = getattr(response, "etag", None)
             if etag is None:
-                etag = etag_for(response.data)
+                with timing.timed("render"):
+                    etag = etag_for(response.data)
                 entry = getattr(response, "cache_entry", None)
                 if entry is not None:
                     # Rendered once: these bytes are both sent (the envelope splices them) and stored.
-                    response.rendered_data = render_data(response.data)
+                    with timing.timed("render"):
+                        response.rendered_data = render_data(response.data)
                     reads.fill(entry, response.rendered_data, etag)
             response["ETag"] = etag
             tags = _tags(request.headers.get("If-None-Match", ""))

@@ -11,7 +11,22 @@ LOWEST_US, HIGHEST_US, DIGITS = 1, 120_000_000, 3
 LATE_US = 1000              # a send that left more than 1 ms after its intended time is "late"
 MAX_LATE_SHARE = 0.01       # more than 1% late sends make the run invalid
 # Response headers a request is attributed by, whichever the stack sends (DESIGN.md section 2).
-ATTRIBUTION_HEADERS = ("X-App-Server", "X-DB-Node", "X-Cache", "X-Query-Cache")
+ATTRIBUTION_HEADERS = ("X-App-Server", "X-DB-Node", "X-Cache", "X-Query-Cache", "X-Write-Behind")
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """`app;dur=1.20, cache;dur=0.31` -> {"app": 1.2, "cache": 0.31}; parts without a duration are left out."""
+    parts = {}
+    for item in header.split(","):
+        name, _, params = item.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur" and name:
+                try:
+                    parts[name] = parts.get(name, 0.0) + float(value)
+                except ValueError:
+                    pass
+    return parts
 
 
 def new_histogram() -> HdrHistogram:
@@ -42,6 +57,8 @@ class Recorder:
         self.late = 0
         self.by_kind = collections.Counter()
         self.attribution = {h: collections.Counter() for h in ATTRIBUTION_HEADERS}
+        self.timing_ms: collections.Counter = collections.Counter()  # Server-Timing part -> total ms
+        self.timed = 0                                               # responses that carried Server-Timing
 
     def on_send(self, second: int, lag_us: int) -> None:
         self.sent += 1
@@ -70,6 +87,10 @@ class Recorder:
                 value = headers.get(name)
                 if value:
                     self.attribution[name][value] += 1
+            timing = headers.get("Server-Timing")
+            if timing:
+                self.timed += 1
+                self.timing_ms.update(server_timing(timing))
 
     # --- merging across processes -------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -81,6 +102,7 @@ class Recorder:
             "scheduled": self.scheduled, "sent": self.sent, "ok": self.ok, "errors": dict(self.errors),
             "dropped": self.dropped, "late": self.late, "by_kind": dict(self.by_kind),
             "attribution": {h: dict(c) for h, c in self.attribution.items()},
+            "timing_ms": dict(self.timing_ms), "timed": self.timed,
         }
 
     @classmethod
@@ -101,7 +123,9 @@ class Recorder:
             total.errors.update(part["errors"])
             total.by_kind.update(part["by_kind"])
             for header, counts in part["attribution"].items():
-                total.attribution[header].update(counts)
+                total.attribution.setdefault(header, collections.Counter()).update(counts)
+            total.timing_ms.update(part.get("timing_ms", {}))
+            total.timed += part.get("timed", 0)
         return total
 
     # --- reporting ----------------------------------------------------------------------------
@@ -134,6 +158,9 @@ class Recorder:
             "valid": valid, "invalid_reason": why,
             "by_kind": dict(self.by_kind),
             "attribution": {h: dict(c) for h, c in self.attribution.items() if c},
+            # The mean of each Server-Timing part over the responses that carried the header (ms).
+            "server_timing_ms": {k: round(v / self.timed, 3) for k, v in sorted(self.timing_ms.items())}
+            if self.timed else {},
         }
 
     def timeseries(self) -> list[dict]:

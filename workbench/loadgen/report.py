@@ -96,6 +96,9 @@ def summary_table(result: dict) -> str:
     ]
     for header, counts in s["attribution"].items():
         lines.append(f"{header}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
+    if s.get("server_timing_ms"):
+        lines.append("Server-Timing, mean per response (ms): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in s["server_timing_ms"].items()))
     lines.append("VALID" if s["valid"] else f"INVALID: {s['invalid_reason']} (not a server latency)")
     lines += [f"warning: {x}" for x in result.get("warnings", [])]
     return "\n".join(lines)

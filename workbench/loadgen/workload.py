@@ -30,6 +30,9 @@ class Workload:
     read_ratio: float = 0.9              # share of reads; the rest are writes
     popularity: str = "uniform"          # uniform | zipf
     zipf_s: float = 1.1
+    # 0: every seeded key; else only this many (after the fixed shuffle): a hot set that fits a cache,
+    # for runs that measure the hit path itself.
+    hot_keys: int = 0
     # Weights of each request kind among reads, and among writes.
     reads: dict = field(default_factory=lambda: {"user": 0.5, "user_posts": 0.3, "posts_range": 0.1,
                                                  "post": 0.1})
@@ -47,7 +50,7 @@ class Workload:
         # Types first: a JSON body can carry anything, and a wrong type must be a 400 naming the
         # field, not an exception deeper down (or a run that fails in the generator process).
         for name in ("rate", "duration_s", "read_ratio", "zipf_s", "timeout_s", "connections", "source_ips",
-                     "processes", "max_requests", "seed"):
+                     "processes", "max_requests", "seed", "hot_keys"):
             kind = (int, float) if name in ("rate", "duration_s", "read_ratio", "zipf_s", "timeout_s") else int
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, kind):
@@ -81,6 +84,8 @@ class Workload:
             raise WorkloadError("source_ips", "between 1 and 4096")
         if not 0 <= self.processes <= 16:
             raise WorkloadError("processes", "between 0 and 16")
+        if not 0 <= self.hot_keys <= 10_000_000:
+            raise WorkloadError("hot_keys", "between 0 (all keys) and 10,000,000")
         if not 1 <= self.max_requests <= MAX_REQUESTS:
             raise WorkloadError("max_requests", f"between 1 and {MAX_REQUESTS}")
         for name, mix, known in (("reads", self.reads, READ_KINDS), ("writes", self.writes, WRITE_KINDS)):
@@ -166,6 +171,8 @@ class Keys:
         rng.shuffle(self.users)
         self.posts = posts[:]
         rng.shuffle(self.posts)
+        if w.hot_keys:
+            self.users, self.posts = self.users[:w.hot_keys], self.posts[:w.hot_keys]
         self.zipf_users = Zipf(len(self.users), w.zipf_s) if w.popularity == "zipf" else None
         self.zipf_posts = Zipf(len(self.posts), w.zipf_s) if w.popularity == "zipf" and self.posts else None
 

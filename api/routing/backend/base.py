@@ -16,6 +16,7 @@ import logging
 from django.conf import settings
 from django.db.backends.postgresql import base
 
+from api import timing
 from api.routing import db, emulation, nodes, stats
 from workbench import topology
 
@@ -89,9 +90,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _observe(self, execute, sql, params, many, context):
         if self.alias not in db.DATA_ALIASES:
-            result = execute(sql, params, many, context)
+            with timing.timed("db"):
+                result = execute(sql, params, many, context)
         else:
-            with emulation.inject(self.node, topology.current().topology.emulation):
+            with timing.timed("db"), emulation.inject(self.node, topology.current().topology.emulation):
                 result = execute(sql, params, many, context)
             db.note_query(self.alias)
         stats.count_query(self.node)

@@ -7,11 +7,14 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
   pooling      a new connection per request vs pooled connections vs PgBouncer
   sharding     write throughput and p95 with 1, 2 and 4 shards, emulation off and on (RTT sweep);
                each shard count is reached by an online reshard, which is recorded too
+  fastpath     cached GET /users/{id} (Valkey, and Valkey + L1) against the bare Django JSON view,
+               both through Caddy, with where each response's time went (Server-Timing)
 
 A case may name a placement (`sharding`, `shards`): those change only by resharding, so the
 suite reshards in-process (api/routing/reshard.py, what `manage.py reshard` runs) before it
 measures that case, and reshards back to where it started at the end.
 """
+import collections
 import json
 from datetime import datetime, timezone
 
@@ -30,6 +33,10 @@ POINT_READS = {"read_ratio": 1.0, "reads": {"user": 1}}
 WRITES = {"read_ratio": 0.0, "writes": {"create_post": 1}}
 # The caching lesson's workload: 95% reads of profiles and posts pages, 5% writes, Zipf popularity.
 CACHED_MIX = {"read_ratio": 0.95, "popularity": "zipf", "zipf_s": 1.1, "reads": {"user": 1, "user_posts": 1}}
+# The fast path's workload: point reads over a hot set small enough that nearly every read is a hit
+# (its first reads are misses; the table shows the X-Cache shares the runs got).
+HOT_READS = {"read_ratio": 1.0, "reads": {"user": 1}, "hot_keys": 200}
+BARE_VIEW = {"path": "/healthz"}
 SHARD_COUNTS = (1, 2, 4)
 PLACEMENT = ("sharding", "shards")
 CPU_SATURATED = 95.0  # mean % of all cores over a run: the shared CPU, not an emulated node, set the pace
@@ -42,8 +49,9 @@ def _emulated(rtt: float | None) -> dict:
 
 
 def suites(strategy: str = "hash") -> dict:
-    """name -> (heading, what the table shows, workload, [(case label, topology)]). A case's
-    topology may carry `sharding` and `shards`: the suite reshards to them first."""
+    """name -> (heading, what the table shows, workload, [(case label, topology[, workload])]). A
+    case's topology may carry `sharding` and `shards`: the suite reshards to them first; a case's
+    own workload replaces the suite's."""
     sweep = parameters.emulation()["rtt_sweep_ms"]
     shard_cases = []
     for count in SHARD_COUNTS:
@@ -60,7 +68,17 @@ def suites(strategy: str = "hash") -> dict:
         for mode in ("off", "cache-aside"):
             label = f"cache {mode}, " + ("emulation off" if rtt is None else f"emulation on, RTT {rtt:g} ms")
             cache_cases.append((label, {"cache": {"mode": mode}, "emulation": _emulated(rtt)}))
+    hits = {"mode": "cache-aside", "user_ttl_s": 3600}  # entries outlive the whole suite: the runs measure hits
+    fast_cases = [("bare Django JSON view (/healthz)", {}, BARE_VIEW),
+                  ("GET /users/{id}, cache off", {"cache": {"mode": "off"}}),
+                  ("GET /users/{id}, cache-aside (Valkey)", {"cache": hits}),
+                  ("GET /users/{id}, cache-aside + L1", {"cache": {**hits, "l1": True, "l1_ttl_ms": 60_000}})]
     return {
+        "fastpath": ("Caching: the fast path against the bare Django view",
+                     "GET /users/{id} over a hot set of 200 users (uniform), reads only, 0 replicas, emulation "
+                     "off; the bare view is `/healthz`, a plain Django JsonResponse with no database, no cache "
+                     "and no DRF; every case through Caddy",
+                     HOT_READS, fast_cases),
         "caching": ("Caching: cache off vs cache-aside",
                     "95% reads (GET /users/{id} and GET /users/{id}/posts, half each), 5% writes (posts, "
                     "profile updates), Zipf popularity (s = 1.1) over the seeded users, 0 replicas",
@@ -102,22 +120,24 @@ class Command(BaseCommand):
         heading, what, workload, cases = suites(o["strategy"])[o["suite"]]
         self.stdout.write(f"suite {o['suite']}: {len(cases)} cases x {o['repeats']} repetitions; closed "
                           f"{o['connections']} connections and open {o['rate']:g} req/s, {o['duration']:g} s each")
-        table = {label: new_row() for label, _ in cases}
+        table = {label: new_row() for label, *_ in cases}
         self.reshards: list[dict] = []
         try:
             before = topo.data()["topology"]
             data = {"users": shard_rows(cfg, before["shards"])}
             try:
                 for rep in range(o["repeats"]):
-                    for label, change in cases:
+                    for label, change, *own in cases:
                         placement = {k: change[k] for k in PLACEMENT if k in change}
                         # Each case is the suite's own topology on top of the defaults: nothing else carries over
                         # (PUT keeps the placement fields; only a reshard changes them).
                         topo.apply({k: v for k, v in change.items() if k not in PLACEMENT}, replace=True)
                         if placement:
                             self.place(topo, placement)
-                        closed, opened = runs.closed_and_open(workload, o, f"bench {o['suite']} {label} #{rep + 1}")
+                        closed, opened = runs.closed_and_open(own[0] if own else workload, o,
+                                                              f"bench {o['suite']} {label} #{rep + 1}")
                         row = table[label]
+                        row.setdefault("closed", []).append(closed["summary"])
                         record_pair(row, closed, opened)
                         row.setdefault("cpu", []).append(cpu_mean(closed))
                         row.setdefault("shares", []).append(shard_shares(closed))
@@ -141,6 +161,8 @@ class Command(BaseCommand):
             text = render_sharding(cfg, o, heading, what, table, self.reshards, data)
         elif o["suite"] == "caching":
             text = render_caching(cfg, o, what, table)
+        elif o["suite"] == "fastpath":
+            text = render_fastpath(cfg, o, what, table)
         else:
             text = render(cfg, o, heading, what, table)
         self.stdout.write(text)
@@ -190,7 +212,7 @@ def _preamble(cfg, o, what, options: str = "") -> list[str]:
         f"{o['connections']}{options}` on {m['cores']} cores / {m['memory_bytes'] / 2**30:.0f} GiB ({m['platform']}); "
         f"the generator, {cfg.app_servers} app servers x {cfg.app_workers} gthread workers x {cfg.app_threads} "
         f"threads, Caddy round-robin, and every PostgreSQL node share the machine. Workload: {what}."
-        + ("" if o["suite"] == "caching" else " No cache."),
+        + ("" if o["suite"] in ("caching", "fastpath") else " No cache."),
         "",
         f"Medians of {o['repeats']} interleaved repetitions. Throughput: closed loop, {o['connections']} "
         f"connections. Latency: open model at {o['rate']:g} req/s, timed from the intended send. Emulation, where "
@@ -219,6 +241,47 @@ def render_caching(cfg, o, what, table) -> str:
                      f"{sum(row['valid'])}/{len(row['valid'])} |")
     lines += ["", f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run: the shared CPU "
               "set that throughput, not the emulated database (DESIGN.md section 5).",
+              "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+    return "\n".join(lines)
+
+
+FAST_PATH_TARGET = 0.60  # cached GET throughput as a share of the bare view's (issue 6)
+
+
+def render_fastpath(cfg, o, what, table) -> str:
+    """Each case's throughput as a share of the bare view's, what X-Cache said, and the mean of each
+    Server-Timing part in the closed runs (ms per response; `app` is the whole time in the app)."""
+    bare = table[next(iter(table))]
+    bare_thr = _median(bare["thr"])
+    parts = ("app", "gateway", "cache", "db", "render")
+    lines = _preamble(cfg, o, what) + [
+        f"Target: a cached GET at least {FAST_PATH_TARGET:.0%} of the bare view's throughput, both through Caddy.",
+        "",
+        "| case | throughput (req/s) | vs bare view | p50 (ms) | p95 (ms) | X-Cache (closed runs) | "
+        + " | ".join(f"{p} (ms)" for p in parts) + " | CPU, closed run | runs valid |",
+        "|---|---|---|---|---|---|" + "---|" * len(parts) + "---|---|",
+    ]
+    for label, row in table.items():
+        thr, p50, p95 = _median(row["thr"]), _median(row["p50"]), _median(row["p95"])
+        caches = collections.Counter()
+        for summary in row["closed"]:
+            caches.update(summary.get("attribution", {}).get("X-Cache", {}))
+        total = sum(caches.values())
+        shares = ", ".join(f"{k} {v / total:.0%}" for k, v in caches.most_common()) if total else "-"
+        timing = [_median([s.get("server_timing_ms", {}).get(p, 0.0) for s in row["closed"]]) for p in parts]
+        ratio = thr / bare_thr if thr and bare_thr else None
+        verdict = ""
+        if ratio is not None and label.startswith("GET") and "cache-aside" in label:
+            verdict = " (met)" if ratio >= FAST_PATH_TARGET else " (missed)"
+        cpu = _median(row["cpu"])
+        lines.append(f"| {label} | {thr or 0:,.0f} | {f'{ratio:.2f}x' if ratio else '-'}{verdict} | {p50 or 0:.2f} | "
+                     f"{p95 or 0:.2f} | {shares} | " + " | ".join(f"{t or 0:.2f}" for t in timing)
+                     + f" | {cpu or 0:.0f}% | {sum(row['valid'])}/{len(row['valid'])} |")
+    lines += ["", "Server-Timing parts are means over every response of the closed runs (a part a response did "
+              "not touch counts as 0). What `app` has beyond the other parts is Python in the view: the "
+              "framework, routing and, on a miss, the serializer. The bare view sends no X-Cache part of its own "
+              "beyond the gateway's `off`/`bypass`.",
               "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
               "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
     return "\n".join(lines)

@@ -20,6 +20,8 @@ class Command(BaseCommand):
         parser.add_argument("--connections", type=int, default=16, help="closed mode: concurrent loops")
         parser.add_argument("--read-ratio", type=float, default=0.9)
         parser.add_argument("--zipf", type=float, default=None, metavar="S", help="Zipf popularity exponent")
+        parser.add_argument("--hot-keys", type=int, default=0, metavar="N",
+                            help="draw from only N keys (a hot set); 0: every seeded key")
         parser.add_argument("--spike", default=None, metavar="AT:FOR:FACTOR", help="e.g. 5:5:10")
         parser.add_argument("--source-ips", type=int, default=1)
         parser.add_argument("--processes", type=int, default=0)
@@ -37,7 +39,8 @@ class Command(BaseCommand):
                 return
             workload = {"rate": o["rate"], "duration_s": o["duration"], "mode": o["mode"],
                         "connections": o["connections"], "read_ratio": o["read_ratio"],
-                        "source_ips": o["source_ips"], "processes": o["processes"], "path": o["path"]}
+                        "source_ips": o["source_ips"], "processes": o["processes"], "path": o["path"],
+                        "hot_keys": o["hot_keys"]}
             if o["zipf"] is not None:
                 workload.update(popularity="zipf", zipf_s=o["zipf"])
             if o["spike"]:
