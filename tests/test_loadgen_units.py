@@ -413,3 +413,17 @@ def test_hot_keys_limits_the_keys_a_workload_draws_from():
     assert len({keys.post(rng) for _ in range(500)}) == 3
     with pytest.raises(WorkloadError):
         Workload(hot_keys=-1).validate()
+
+
+def test_the_stale_read_probe_counts_a_read_that_lacks_an_acknowledged_write():
+    from workbench.loadgen.staleprobe import Acks
+
+    acks = Acks()
+    acks.add(1.0, 1)
+    acks.add(2.0, 3)
+    acks.add(3.0, 5)
+    assert acks.missed(0.5, lambda v: v <= 0) is None          # nothing acknowledged yet
+    assert acks.missed(2.5, lambda v: v <= 3) is None          # shows the newest acknowledged write
+    assert acks.missed(2.5, lambda v: v <= 1) == 0.5           # lacks version 3, acknowledged at 2.0
+    assert acks.missed(3.5, lambda v: v <= 0) == 2.5           # lacks all three: aged from the first
+    assert acks.missed(3.0, lambda v: v <= 3) is None          # version 5 was not acknowledged before the send

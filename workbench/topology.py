@@ -35,7 +35,7 @@ PLACEMENT_FIELDS = ("sharding", "shards", "reshard_shards")
 # What the controller carries out (processes, server settings, DDL). Until what runs matches the
 # topology, each such field is reported as pending, with what runs now.
 CONTROLLED_FIELDS = ("shard_groups", "replicas", "replication", "replica_delays_ms", "indexes.post_user_time", "pgbouncer",
-                     "app_servers")
+                     "app_servers", "cache.state_fsync")
 # Recorded but not carried out by any controller code yet (the load-balancer issue starts app servers).
 NOT_CARRIED_OUT = {"app_servers"}
 
@@ -101,6 +101,10 @@ class Cache:
     # Stampede protection: the first miss of a key takes a short lock and reads the database; other
     # misses of that key wait (bounded) for its fill instead of sending the same query (api/caching/reads).
     single_flight: bool = _bool(True)
+    # `events`: every write invalidates what it changed, on every app server (api/caching/writes.py).
+    # `ttl`: writes touch no cache entry; an entry is stale until it expires (TTL-only invalidation,
+    # kept so the stale-read probe can show what events buy). Only with cache-aside.
+    invalidation: str = _choice("events", "events", "ttl")
     # The per-process LRU in front of the Valkey cache (api/caching/local.py): entries live
     # l1_ttl_ms at most and are dropped on every app server by a pub/sub invalidation message.
     l1: bool = _bool(False)
@@ -170,7 +174,7 @@ class Topology:
         return {"shard_groups": self.shard_groups, "replicas": self.replicas, "replication": self.replication,
                 "replica_delays_ms": self.replica_delays_ms(),
                 "indexes.post_user_time": self.indexes.post_user_time, "pgbouncer": self.pgbouncer,
-                "app_servers": self.app_servers}
+                "app_servers": self.app_servers, "cache.state_fsync": self.cache.state_fsync}
 
 
 class TopologyError(ValueError):
@@ -292,6 +296,9 @@ def _cross_checks(t: Topology) -> list[tuple[str, str]]:
         index = getattr(t.emulation, name)
         if index > t.replicas:
             errors.append((f"emulation.{name}", f"replica-{index} does not exist with replicas={t.replicas}"))
+    if t.cache.invalidation == "ttl" and t.cache.mode not in ("off", "cache-aside"):
+        errors.append(("cache.invalidation", f"ttl-only invalidation goes with cache-aside; {t.cache.mode} "
+                                             "writes the cache on every write by definition"))
     return errors
 
 
