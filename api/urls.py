@@ -15,4 +15,5 @@ urlpatterns = [
     path("admin/explain", admin.ExplainView.as_view()),
     path("admin/nodes", admin.NodesView.as_view()),
     path("admin/shards", admin.ShardsView.as_view()),
+    path("admin/cache", admin.CacheView.as_view()),
 ]

@@ -44,6 +44,10 @@ class StackClient:
         """The admin shards API: per-shard counts, the last reshard, the key distribution for n shards."""
         return self._admin("shards", params={"n": n} if n else None)
 
+    def cache(self) -> dict:
+        """The admin cache API: each caching layer's counters, the cache Valkey, write-behind, stale reads."""
+        return self._admin("cache")
+
     def _admin(self, name: str, params: dict | None = None) -> dict:
         try:
             response = self.session.get(f"{self.cfg.api_url}/api/v1/admin/{name}", params=params,

@@ -18,7 +18,8 @@ from conftest import free_port_base
 
 APP = Path(__file__).resolve().parents[1] / "lessons" / "app.py"
 METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "Answered by",
-           "Replicas running", "Replication", "Strategy", "Shards", "Shards running"]
+           "Replicas running", "Replication", "Strategy", "Shards", "Shards running",
+           "Application cache", "Invalidation", "L1", "Query cache"]
 LAG = "replay lag (ms, 100 ms resolution)"  # [lag] sample_interval_s = 0.1 in workbench/parameters.toml
 
 # A controller report as GET /status carries it (shape taken from a running stack with two
@@ -131,6 +132,8 @@ def fake_stack(monkeypatch):
     # The admin API answers the shards section too, or fails with the topology.
     monkeypatch.setattr(StackClient, "shards", lambda self, n=None: {"error": topo["error"]} if "error" in topo
                         else copy.deepcopy(SHARDS))
+    monkeypatch.setattr(StackClient, "cache", lambda self: {"error": topo["error"]} if "error" in topo
+                        else copy.deepcopy(CACHE))
     return topo
 
 
@@ -141,6 +144,33 @@ SHARDS = {"sharding": "hash", "shards": 1, "shard_groups": 1,
               name: {"counts": [10], "chi_squared": 0.0, "moved_to_n_plus_1": 0.5}
               for name in ("hash", "consistent", "modulo", "range")}},
           "last_reshard": None}
+
+
+CACHE = {"cache": {"mode": "cache-aside", "invalidation": "events", "l1": True, "query_cache": False},
+         "layers": {"l1": {"title": "per-process L1", "counters": {"hits": 30, "misses": 10, "evictions": 2},
+                           "hit_ratio": 0.75},
+                    "valkey": {"title": "application cache", "counters": {"hits": 6, "misses": 4, "fills": 4},
+                               "hit_ratio": 0.6, "server": {"keys": 12, "used_memory": 2**21, "maxmemory": 2**28,
+                                                            "evicted_keys": 7, "expired_keys": 3}},
+                    "query": {"title": "query cache", "counters": {}, "hit_ratio": None}},
+         "write_behind": None,
+         "stale_probe": {"at": "2026-11-28T04:00:00+00:00", "rows": [
+             {"case": "cache-aside, TTL only, TTL 5 s", "writes": 40,
+              "all": {"reads": 200, "stale": 50, "stale_fraction": 0.25, "age_p50_ms": 900.0, "age_max_ms": 4800.0}}]}}
+
+
+def test_status_page_shows_the_caching_layers(fake_stack):
+    at = run_page()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Application cache"], metrics["L1"], metrics["Query cache"]) == ("cache-aside", "on", "off")
+    layers = next(t.value for t in at.table if "hit ratio" in t.value.columns)
+    assert layers.loc["per-process L1", "hit ratio"] == "75.0%"
+    assert layers.loc["application cache", "evictions"] == 7  # the cache Valkey's evicted_keys
+    assert layers.loc["query cache", "hit ratio"] == DASH
+    stale = next(t.value for t in at.table if "stale share" in t.value.columns)
+    assert stale.loc["cache-aside, TTL only, TTL 5 s", "stale share"] == "25.00%"
+    assert any("7 evicted" in c.value for c in at.caption)
 
 
 def test_status_page_shows_replicas_and_pending_changes(fake_stack):
@@ -175,7 +205,8 @@ def test_status_page_falls_back_to_the_controllers_progress(fake_stack):
     at = run_page()
     assert not at.exception, [e.value for e in at.exception]
     assert [w.value for w in at.warning] == ["The admin topology API did not answer: HTTP 502",
-                                             "The admin shards API did not answer: HTTP 502"]
+                                             "The admin shards API did not answer: HTTP 502",
+                                             "The admin cache API did not answer: HTTP 502"]
     assert len(at.table) == 2  # processes and data nodes; no pending table, no shards
     assert "Controller: starting replica-3" in " ".join(c.value for c in at.caption)
 

@@ -175,6 +175,23 @@ class ShardsView(AdminView):
         })
 
 
+class CacheView(AdminView):
+    """The caching layers: per layer (L1, the Valkey application cache, the query cache) the
+    counters of every app server added up and the hit ratio; the cache Valkey's keys, memory and
+    evictions; write-behind's queue; the latest stale-read table (`manage.py stale_probe`)."""
+
+    @extend_schema(operation_id="admin_cache_get", responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        from api.caching import stats
+        from api.state import state_client
+
+        try:
+            data = stats.summary(state_client())
+        except redis.RedisError as exc:
+            raise Unavailable(f"The state Valkey is unavailable: {type(exc).__name__}.") from None
+        return Response({"cache": topology.current().topology.to_dict()["cache"], **data})
+
+
 def _shard_summary(shard: int, replicas: int, report) -> dict:
     from api.routing.shards import primary_alias, replica_alias
 

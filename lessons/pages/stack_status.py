@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from lessons import data_nodes, sharding
+from lessons import caching, data_nodes, sharding
 from lessons.client import StackClient
 from workbench import parameters
 
@@ -130,6 +130,7 @@ def render():
     st.table(_process_table(procs))
     _data_nodes(state.get("data_nodes"), client.topology())
     sharding.render(client.shards())
+    caching.render(client.cache())
 
     st.subheader("Entry points")
     st.markdown(f"- API (through Caddy): `{state['api_url']}`  \n"

@@ -1,0 +1,73 @@
+"""The caching section of the Stack status page: what each caching layer is set to, how often it
+answered, what the cache Valkey evicted, write-behind's queue, and the latest stale-read table.
+Numbers come from GET /api/v1/admin/cache (counters added up over every app server)."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+LESSON = """
+**Caching** keeps answers close to the reader, in layers:
+- **L1**, a small LRU inside each app server: no network at all, but each server has its own copy,
+  so a write must reach every server (a pub/sub message) and a short TTL bounds what a lost
+  message costs.
+- **The application cache** (the `cache` Valkey): one shared copy of rendered responses.
+  `cache-aside` fills it on a miss; `write-through` also writes the new value on a write;
+  `write-behind` acknowledges a write once it is queued and writes the database later, which is
+  fast and loses the queue if the queue's store dies unpersisted.
+- **The query cache**: rows of database queries, per shard, dropped when a write touches their table.
+
+Invalidation by **events** drops what a write changed at once; **TTL only** leaves stale entries until
+they expire. The stale-read table below measures the difference.
+"""
+
+
+def _counter_rows(layers: dict) -> list[dict]:
+    rows = []
+    for name, layer in layers.items():
+        c = layer["counters"]
+        ratio = layer.get("hit_ratio")
+        rows.append({"layer": layer["title"], "hits": c.get("hits", 0) + c.get("single_flight_waits", 0),
+                     "misses": c.get("misses", 0), "hit ratio": "\u2014" if ratio is None else f"{ratio:.1%}",
+                     "fills": c.get("fills", 0), "invalidations": c.get("invalidations", 0),
+                     "evictions": (layer.get("server") or {}).get("evicted_keys") if name == "valkey"
+                     else c.get("evictions", 0),
+                     "errors": c.get("errors", 0)})
+    return rows
+
+
+def render(data: dict) -> None:
+    st.subheader("Caching")
+    if "error" in data:
+        st.warning(f"The admin cache API did not answer: {data['error']}")
+        return
+    cache = data["cache"]
+    cols = st.columns(4)
+    cols[0].metric("Application cache", cache["mode"])
+    cols[1].metric("Invalidation", cache.get("invalidation", "events"))
+    cols[2].metric("L1", "on" if cache.get("l1") else "off")
+    cols[3].metric("Query cache", "on" if cache.get("query_cache") else "off")
+    with st.expander("What the layers are"):
+        st.markdown(LESSON)
+    st.table(pd.DataFrame(_counter_rows(data["layers"])).set_index("layer"))
+    server = data["layers"]["valkey"].get("server") or {}
+    if "error" in server:
+        st.warning(f"The cache Valkey did not answer: {server['error']} (reads go to the database: X-Cache `down`).")
+    else:
+        st.caption(f"Cache Valkey: {server['keys']:,} keys, {server['used_memory'] / 2**20:.1f} MiB used of "
+                   f"{server['maxmemory'] / 2**20:.0f} MiB (allkeys-lru), {server['evicted_keys']:,} evicted, "
+                   f"{server['expired_keys']:,} expired. Counters since the stack started, over every app server.")
+    behind = data.get("write_behind")
+    if behind:
+        st.markdown("**Write-behind queue** (the `state` Valkey stream)")
+        st.json(behind, expanded=False)
+    probe = data.get("stale_probe")
+    if probe:
+        st.markdown(f"**Stale reads** (`python manage.py stale_probe`, measured {probe['at'][:16].replace('T', ' ')} UTC)")
+        st.table(pd.DataFrame([{
+            "case": r["case"], "reads": r["all"]["reads"], "stale": r["all"]["stale"],
+            "stale share": f"{(r['all']['stale_fraction'] or 0):.2%}",
+            "age p50 (ms)": r["all"]["age_p50_ms"], "age max (ms)": r["all"]["age_max_ms"],
+            "writes": r["writes"]} for r in probe["rows"]]).set_index("case"))
+    else:
+        st.caption("No stale-read table yet: run `python manage.py stale_probe` to measure one.")
