@@ -228,34 +228,51 @@ def test_the_fast_path_sends_the_slow_paths_bytes(topology_admin, api_url, new_u
     assert not_modified.headers["X-Cache"] == "hit" and not_modified.headers["ETag"] == hit.headers["ETag"]
     changed = get(url, **{"If-None-Match": '"other"'})
     assert changed.status_code == 200 and changed.headers["X-Cache"] == "hit"
+    # The per-process L1 (api/caching/local.py) sends the same bytes again.
+    use(topology_admin, "cache-aside", cache={"l1": True})
+    l1_hit = wait_for(lambda: (r := get(url, **same_id)).headers["X-Cache"] == "hit-l1" and r, timeout=30,
+                      what=f"hit-l1 on {url}")
+    assert without_timestamp(l1_hit.content) == without_timestamp(uncached.content)
+    assert l1_hit.headers["ETag"] == uncached.headers["ETag"]
+    assert l1_hit.headers["Content-Type"] == uncached.headers["Content-Type"]
+    not_modified = get(url, **{"If-None-Match": l1_hit.headers["ETag"]})
+    assert not_modified.status_code == 304 and not_modified.content == b""
 
 
-def test_the_cache_killed_under_load_fails_no_request(topology_admin, api_url, new_user, controller):
-    use(topology_admin, "cache-aside")
-    users = [new_user() for _ in range(3)]
+def kill_the_cache_under_load(controller, api_url: str, users: list, hit: str = "hit"):
+    """Reads of the users' entries and posts pages from 4 threads; once one answers X-Cache `hit`,
+    the cache Valkey is SIGKILLed; once one says `down`, users[0] is written (bio "while down"); the
+    controller restarts the cache, and the load goes on until a read after that says `hit` again.
+    Returns the load's results (conftest.Background) and the monotonic time the cache was back."""
     urls = [f"{api_url}/users/{u['id']}" for u in users] + [f"{api_url}/users/{u['id']}/posts" for u in users]
     counter = iter(range(10**9))
     load = Background(lambda http: http.get(urls[next(counter) % len(urls)], timeout=30))
     with load:
-        wait_for(lambda: any(not isinstance(r, str) and r.headers.get("X-Cache") == "hit" for _, r in load.results),
-                 timeout=30, what="hits")
+        wait_for(lambda: any(not isinstance(r, str) and r.headers.get("X-Cache") == hit for _, r in load.results),
+                 timeout=30, what=f"X-Cache: {hit}")
         before = controller.process("valkey-cache")
         os.kill(before["pid"], signal.SIGKILL)
         killed_at = time.monotonic()
         wait_for(lambda: any(s > killed_at and not isinstance(r, str) and r.headers.get("X-Cache") == "down"
                              for s, r in load.results), timeout=30, what="X-Cache: down")
         # A write while the cache is down still succeeds.
-        user = users[0]
-        written = requests.patch(f"{api_url}/users/{user['id']}", json={"bio": "while down"}, timeout=10)
+        written = requests.patch(f"{api_url}/users/{users[0]['id']}", json={"bio": "while down"}, timeout=10)
         assert written.status_code == 200, written.text
         wait_for(lambda: (p := controller.process("valkey-cache"))["healthy"] and p["pid"] != before["pid"],
                  timeout=60, what="valkey-cache restarted")
         back_at = time.monotonic()
-        wait_for(lambda: any(s > back_at + 0.5 and not isinstance(r, str) and r.headers.get("X-Cache") == "hit"
-                             for s, r in load.results), timeout=30, what="hits again")
-    outcomes = [r if isinstance(r, str) else r.status_code for _, r in load.results]
+        wait_for(lambda: any(s > back_at + 0.5 and not isinstance(r, str) and r.headers.get("X-Cache") == hit
+                             for s, r in load.results), timeout=60, what=f"X-Cache: {hit} again")
+    return load.results, back_at
+
+
+def test_the_cache_killed_under_load_fails_no_request(topology_admin, api_url, new_user, controller):
+    use(topology_admin, "cache-aside")
+    users = [new_user() for _ in range(3)]
+    results, _ = kill_the_cache_under_load(controller, api_url, users)
+    outcomes = [r if isinstance(r, str) else r.status_code for _, r in results]
     failures = [o for o in outcomes if o != 200]
-    down = [r for _, r in load.results if not isinstance(r, str) and r.headers.get("X-Cache") == "down"]
+    down = [r for _, r in results if not isinstance(r, str) and r.headers.get("X-Cache") == "down"]
     slowest_down = max(float(r.headers["Server-Timing"].split("app;dur=")[1].split(",")[0]) for r in down)
     print(f"\n{len(outcomes)} requests, {len(failures)} failed, {len(down)} X-Cache: down "
           f"(slowest {slowest_down:.1f} ms in the app)")

@@ -40,6 +40,11 @@ def posts_page(user_id: int, version: int, query: str) -> str:
     return f"{_tag(user_id)}:posts:{version}:{digest}"
 
 
+# Not a key: the pub/sub channel on which every invalidation names its user id, for the per-process
+# L1s (api/caching/local.py).
+L1_CHANNEL = f"{PREFIX}:l1:invalidated"
+
+
 def lock(key: str) -> str:
     """The single-flight lock of one entry (reads): same hash tag, so same slot as the entry."""
     return f"{key}:lock"

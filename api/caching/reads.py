@@ -19,6 +19,12 @@ dies leaves its lock to LOCK_MS. While a tombstone exists no lock is taken (no f
 and with the cache down (circuit breaker) nothing is locked: straight to the database. A lock not
 released by a fill (the view failed, answered 404) is released when the request ends
 (`release_held`, from the middleware).
+
+The per-process L1 (`cache.l1`, api/caching/local.py) comes first: lookup asks it, then Valkey (a
+hit there is put in the L1), then the database, whose fill is put in the L1 only when Valkey
+accepted it (so a tombstone keeps the L1 clean too). Posts pages take their namespace version from
+the L1 as well, so an L1 hit costs no round trip at all. Each Entry carries the L1 ticket taken
+before anything was read (see local: a put whose user was invalidated meanwhile is dropped).
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 
 from workbench import topology
 
-from . import keys, metrics, request, valkey
+from . import keys, local, metrics, request, valkey
 
 # Namespace versions outlive every page key (TTLs are at most a day), so a page never outlives its
 # version. A lost version (eviction, restart) starts again from the clock in microseconds, above
@@ -88,6 +94,7 @@ class Entry:
     user_id: int
     key: str
     ttl_s: int
+    l1: local.Ticket | None = None  # None: this request does not use the L1
 
 
 @dataclass(frozen=True)
@@ -104,24 +111,35 @@ def user_entry(user_id: int) -> Entry | None:
     """GET /users/{id}, or None when this request does not use the cache."""
     if request.mode() == "off":
         return None
-    return Entry(user_id, keys.user(user_id), topology.current().topology.cache.user_ttl_s)
+    return Entry(user_id, keys.user(user_id), topology.current().topology.cache.user_ttl_s, local.ticket())
 
 
 def posts_entry(user_id: int, query: str) -> Entry | None:
-    """One posts page of the user under the user's current namespace version (one round trip)."""
+    """One posts page of the user under the user's current namespace version (one round trip, or
+    none when the L1 has the version)."""
     if request.mode() == "off":
         return None
-    try:
-        version = valkey.run(lambda c: valkey.script(_NAMESPACE)(
-            keys=[keys.namespace(user_id)], args=[now_us(), NAMESPACE_TTL_MS], client=c))
-    except valkey.Down:
-        return None
-    return Entry(user_id, keys.posts_page(user_id, int(version), query),
-                 topology.current().topology.cache.posts_ttl_s)
+    ticket = local.ticket()
+    namespace = keys.namespace(user_id)
+    version = local.get(namespace, count=False) if ticket is not None else None
+    if version is None:
+        try:
+            version = int(valkey.run(lambda c: valkey.script(_NAMESPACE)(
+                keys=[namespace], args=[now_us(), NAMESPACE_TTL_MS], client=c)))
+        except valkey.Down:
+            return None
+        local.put(namespace, user_id, version, ticket, count=False)
+    return Entry(user_id, keys.posts_page(user_id, version, query),
+                 topology.current().topology.cache.posts_ttl_s, ticket)
 
 
 def lookup(entry: Entry) -> Hit | None:
-    """The entry, or None: read the database (and fill). On a miss, single-flight as above."""
+    """The entry, or None: read the database (and fill). The L1 first; on a miss, single-flight as above."""
+    if entry.l1 is not None:
+        hit = local.get(entry.key)
+        if hit is not None:
+            request.mark("hit-l1")
+            return hit
     state = request.current()
     lock_key = keys.lock(entry.key)
     # A request that already holds this key's lock (the view runs again on the primary) looks only.
@@ -135,7 +153,7 @@ def lookup(entry: Entry) -> Hit | None:
     except valkey.Down:
         return None
     if isinstance(raw, bytes):
-        return _hit(raw)
+        return _hit(raw, entry)
     metrics.count("misses")
     request.mark("miss")
     if raw == 1:
@@ -145,11 +163,13 @@ def lookup(entry: Entry) -> Hit | None:
     return None
 
 
-def _hit(raw: bytes, counter: str = "hits") -> Hit:
+def _hit(raw: bytes, entry: Entry, counter: str = "hits") -> Hit:
     etag, _, data = raw.partition(b"\n")
     metrics.count(counter)
     request.mark("hit")
-    return Hit(etag.decode(), data)
+    hit = Hit(etag.decode(), data)
+    local.put(entry.key, entry.user_id, hit, entry.l1)
+    return hit
 
 
 def _wait(entry: Entry, lock_key: str) -> Hit | None:
@@ -163,7 +183,7 @@ def _wait(entry: Entry, lock_key: str) -> Hit | None:
         except valkey.Down:
             break
         if isinstance(raw, bytes):
-            return _hit(raw, "single_flight_waits")
+            return _hit(raw, entry, "single_flight_waits")
         if raw == 0:
             break
     metrics.count("single_flight_fallbacks")
@@ -185,6 +205,8 @@ def fill(entry: Entry, data: bytes, etag: str) -> None:
     except valkey.Down:
         return
     metrics.count("fills" if filled else "fills_skipped")
+    if filled:  # not while a tombstone stops the Valkey fill: the L1 would keep what Valkey refused
+        local.put(entry.key, entry.user_id, Hit(etag, data), entry.l1)
 
 
 def release_held() -> None:

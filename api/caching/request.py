@@ -1,6 +1,7 @@
 """The cache's part of one request: what X-Cache says and how long the cache took (Server-Timing).
 
-X-Cache values: `hit` (served from the cache), `miss` (looked, not there: read from the database),
+X-Cache values: `hit-l1` (served from this process's L1, api.caching.local), `hit` (served from the
+cache), `miss` (looked, not there: read from the database),
 `bypass` (nothing to cache: writes, lists, errors before a view), `off` (`cache.mode` is off),
 `down` (a cache call failed, or failed moments ago; the request was served from the database).
 """

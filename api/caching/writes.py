@@ -24,6 +24,10 @@ sampling) and the time between a read and its fill. A write-through value is put
 tombstone exists: two writes of one user within the window may reach the cache in the opposite
 order of their commits, so the second falls back to deleting the entry.
 
+The same script PUBLISHes the user id on keys.L1_CHANNEL, always (whatever `cache.l1` says, so
+no L1 can outlive a write it missed): each process's L1 subscriber drops that user's entries
+(api/caching/local.py).
+
 A write whose invalidation fails (the cache is down) is remembered in this process and done again
 once the cache answers (`retry_pending`); a process that dies first leaves the entries to their TTL.
 """
@@ -46,7 +50,7 @@ MAX_PENDING = 10_000
 
 # KEYS: user entry, namespace, tombstone. ARGV: the new representation ('' to delete the entry;
 # '-' to leave it alone), its TTL ms, the tombstone's TTL ms, the clock in us, the namespace TTL ms,
-# '1' to move the posts namespace on. Returns 1 if the representation was put.
+# '1' to move the posts namespace on, the L1 channel, the user id. Returns 1 if the representation was put.
 _WRITE = """
 local busy = redis.call('EXISTS', KEYS[3]) == 1
 if ARGV[6] == '1' then
@@ -64,6 +68,7 @@ if ARGV[1] ~= '-' then
   end
 end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[7], ARGV[8])
 return put
 """
 
@@ -99,7 +104,7 @@ def invalidate(user_id: int, *, user=None, user_entry: bool = True, posts: bool 
         put = valkey.run(lambda c: valkey.script(_WRITE)(
             keys=[keys.user(user_id), keys.namespace(user_id), keys.tombstone(user_id)],
             args=[value, t.cache.user_ttl_s * 1000, tombstone_ms, reads.now_us(), reads.NAMESPACE_TTL_MS,
-                  "1" if posts else "0"], client=c))
+                  "1" if posts else "0", keys.L1_CHANNEL, user_id], client=c))
     except valkey.Down:
         _remember(user_id, user_entry, posts)
         return
