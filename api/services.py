@@ -14,13 +14,18 @@ of a SIGKILL leaves an orphan or a duplicate for longer than one reconcile pass.
 
 Each write of a user or post tells the application cache what it changed (api.caching.writes),
 once its transaction has committed, so every app server's cached copies are invalidated.
+
+With `cache.mode` = `write-behind` (api/caching/behind.py), profile updates and post creates and
+updates are validated here, then queued instead of written; `flush_write` applies them later, in
+the flusher. Sign-up, email changes and deletes stay synchronous: they need the database's answer
+(uniqueness, existence) before they can be acknowledged.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.hashers import make_password
@@ -29,6 +34,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from api import faults, selectors
+from api.caching import behind
 from api.caching import writes as cache
 from api.gateway.errors import Conflict, NotFound
 from api.models import Account, Post, User
@@ -65,7 +71,9 @@ def _fingerprint(username: str, email: str, password: str) -> str:
 def user_sign_up(*, username: str, email: str, password: str | None, name: str = "", bio: str = "",
                  role: str = "member") -> tuple[User, bool]:
     """Create the account and the user. Returns (user, created): an identical retry of a sign-up
-    that died midway resumes it and returns the same user instead of a conflict."""
+    that died midway resumes it and returns the same user instead of a conflict. Never queued by
+    write-behind: only meta can say whether the username and email are free."""
+    behind.mark("sync")
     fingerprint = _fingerprint(username, email, password or "")
     for _attempt in range(3):
         user_id = ids.next_id()
@@ -139,10 +147,19 @@ def _find_user(user_id: int) -> User | None:
 
 
 def user_update(*, user_id: int, changes: dict) -> User:
+    """With write-behind, a name or bio change is queued; an email change never is (meta must
+    say whether the new email is free)."""
+    behind.mark(None)
     user = selectors.user_get(user_id=user_id)
     new_email = changes.get("email")
     if new_email is None or new_email == user.email:
+        if behind.active():
+            try:
+                return _queue_user_update(user, changes)
+            except behind.Unreachable:
+                pass  # written now instead; the response says sync-fallback
         return _update_user_row(user_id, changes)
+    behind.mark("sync")
     with account_lock(user_id, wait=True):
         try:
             moved = Account.objects.filter(user_id=user_id, state=Account.ACTIVE).update(
@@ -154,6 +171,23 @@ def user_update(*, user_id: int, changes: dict) -> User:
         user = _update_user_row(user_id, changes)
         Account.objects.filter(user_id=user_id).update(state=Account.ACTIVE)
         return user
+
+
+def _queue_user_update(user: User, changes: dict) -> User:
+    """Queue the change; answer with the row, every change still queued for it, and this one."""
+    at = behind.now()
+    fields = {name: changes[name] for name in PROFILE_FIELDS if name in changes}
+    merged = behind.enqueue("user", user.id, fields, at=at)
+    for name in PROFILE_FIELDS:
+        if name in merged:
+            setattr(user, name, merged[name])
+    user.updated_at = at
+    behind.put_user(user)  # a read right after this write is served the new representation
+    return user
+
+
+PROFILE_FIELDS = ("name", "bio")
+POST_FIELDS = ("title", "body")
 
 
 def _update_user_row(user_id: int, changes: dict) -> User:
@@ -168,6 +202,9 @@ def _update_user_row(user_id: int, changes: dict) -> User:
 
 
 def user_delete(*, user_id: int) -> None:
+    """Synchronous in every mode. Writes of this user still queued by write-behind are rejected
+    by the flusher (counted and recorded) once they find the user gone."""
+    behind.mark("sync")
     with account_lock(user_id, wait=True):
         marked = Account.objects.filter(user_id=user_id, state=Account.ACTIVE).update(state=Account.DELETING)
         if not marked and _find_user(user_id) is None:
@@ -187,23 +224,48 @@ def _delete_user_rows(user_id: int) -> None:
 
 
 def post_create(*, user_id: int, title: str, body: str) -> Post:
+    behind.mark(None)
+    if behind.active():
+        selectors.user_get(user_id=user_id)  # a 404 now, not a rejection after the acknowledgement
     post_id = ids.next_id()
     now = ids.created_at(post_id)
+    if behind.active():
+        try:
+            behind.enqueue("post_create", user_id, {"title": title, "body": body}, post_id=post_id, at=now,
+                           record_fields={"user_id": str(user_id), "created_at": now.isoformat()})
+        except behind.Unreachable:
+            pass  # written now instead, with the same id
+        else:
+            cache.invalidate(user_id, user_entry=False, posts=True)  # the user's entry keeps a queued profile
+            return Post(id=post_id, user_id=user_id, title=title, body=body, created_at=now, updated_at=now)
 
-    def create():
+    def create(post_id):
         # The UPDATE takes the user's row lock first, so concurrent writers serialise on it and
         # post_count stays exact; zero rows means there is no such user.
         if not User.objects.filter(id=user_id).update(post_count=F("post_count") + 1):
             raise NotFound("user_id", f"No user {user_id}.")
+        now = ids.created_at(post_id)
         post = Post.objects.create(id=post_id, user_id=user_id, title=title, body=body,
                                    created_at=now, updated_at=now)
         cache.posts_changed(user_id, post_count=True)
         return post
 
-    return placement.write(user_id, create)
+    try:
+        return placement.write(user_id, lambda: create(post_id))
+    except IntegrityError:
+        # A taken id: only after the state Valkey lost id leases (persistence off; see
+        # docs/reliability.md, "Write-behind"). A new id comes from a later millisecond.
+        return placement.write(user_id, lambda: create(ids.next_id()))
 
 
 def post_update(*, user_id: int, post_id: int, changes: dict) -> Post:
+    behind.mark(None)
+    if behind.active():
+        try:
+            return _queue_post_update(user_id, post_id, changes)
+        except behind.Unreachable:
+            pass  # written now instead; the response says sync-fallback
+
     def update():
         if not Post.objects.filter(id=post_id, user_id=user_id).update(**changes, updated_at=timezone.now()):
             raise NotFound("post_id", f"No post {post_id} of user {user_id}.")
@@ -214,14 +276,95 @@ def post_update(*, user_id: int, post_id: int, changes: dict) -> Post:
     return placement.write(user_id, update)
 
 
+def _queue_post_update(user_id: int, post_id: int, changes: dict) -> Post:
+    """Queue the change. The answer starts from what is queued for the post (its create may not be
+    flushed yet), else from its row; a missing post is a 404 now."""
+    base = None
+    queued = behind.queued(behind.post_record(post_id))
+    if queued is None or int(queued.get("user_id", 0)) != user_id:
+        post = selectors.post_get(user_id=user_id, post_id=post_id)
+        base = {"user_id": str(user_id), "title": post.title, "body": post.body,
+                "created_at": post.created_at.isoformat()}
+    at = behind.now()
+    fields = {name: changes[name] for name in POST_FIELDS if name in changes}
+    merged = behind.enqueue("post_update", user_id, fields, post_id=post_id, at=at, record_fields=base)
+    cache.invalidate(user_id, user_entry=False, posts=True)
+    return Post(id=post_id, user_id=user_id, title=merged["title"], body=merged["body"],
+                created_at=datetime.fromisoformat(merged["created_at"]), updated_at=at)
+
+
 def post_delete(*, user_id: int, post_id: int) -> None:
+    """Synchronous in every mode; a post whose create is still queued is a 409 until it is flushed."""
+    behind.mark("sync")
+
     def delete():
         if not Post.objects.filter(id=post_id, user_id=user_id)._raw_delete(db.write_alias()):
+            if behind.active() and _still_queued(post_id):
+                raise Conflict("post_id", f"Post {post_id} is still queued by write-behind; retry once it "
+                                          "is flushed.")
             raise NotFound("post_id", f"No post {post_id} of user {user_id}.")
         User.objects.filter(id=user_id).update(post_count=F("post_count") - 1)
         cache.posts_changed(user_id, post_count=True)
 
     placement.write(user_id, delete)
+
+
+def _still_queued(post_id: int) -> bool:
+    try:
+        return behind.queued(behind.post_record(post_id)) is not None
+    except behind.Unreachable:
+        return False
+
+
+# --- write-behind: the flusher's side (manage.py flush_writes) -------------------------------------
+def flush_write(write: dict) -> str | None:
+    """Apply one queued write on its user's shard. Returns None once it is in place (or already
+    was: a replayed entry), else why it can no longer apply. Every update applies only over an
+    older row (`updated_at` is its acknowledgement time), so a replay never undoes a newer write."""
+    user_id, post_id = int(write["user_id"]), write.get("post_id")
+    at = datetime.fromisoformat(write["at"])
+    kind, fields = write["kind"], write["fields"]
+    if kind == "user":
+        fields = {name: fields[name] for name in PROFILE_FIELDS if name in fields}
+        return placement.write(user_id, lambda: _flush_user(user_id, fields, at))
+    fields = {name: fields[name] for name in POST_FIELDS if name in fields}
+    if kind == "post_create":
+        return placement.write(user_id, lambda: _flush_post_create(user_id, int(post_id), fields, at))
+    if kind == "post_update":
+        return placement.write(user_id, lambda: _flush_post_update(user_id, int(post_id), fields, at))
+    return f"unknown kind of write {kind!r}"
+
+
+def _flush_user(user_id: int, fields: dict, at: datetime) -> str | None:
+    if User.objects.filter(id=user_id, updated_at__lte=at).update(**fields, updated_at=at):
+        return None
+    if User.objects.filter(id=user_id).exists():
+        return None  # a newer write is in place already
+    return f"no user {user_id}: deleted after the write was acknowledged"
+
+
+def _flush_post_create(user_id: int, post_id: int, fields: dict, at: datetime) -> str | None:
+    with connections[db.write_alias()].cursor() as cursor:
+        # The user's row lock first, as post_create's UPDATE takes it: post_count stays exact.
+        cursor.execute("SELECT 1 FROM api_user WHERE id = %s FOR UPDATE", [user_id])
+        if cursor.fetchone() is None:
+            return f"no user {user_id}: deleted after the post was acknowledged"
+        cursor.execute("INSERT INTO api_post (id, user_id, title, body, created_at, updated_at) "
+                       "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                       [post_id, user_id, fields["title"], fields.get("body", ""), at, at])
+        inserted = cursor.rowcount == 1
+    if inserted:
+        User.objects.filter(id=user_id).update(post_count=F("post_count") + 1)
+        return None
+    owner = Post.objects.filter(id=post_id).values_list("user_id", flat=True).first()
+    return None if owner == user_id else f"post id {post_id} is taken by a post of user {owner}"
+
+
+def _flush_post_update(user_id: int, post_id: int, fields: dict, at: datetime) -> str | None:
+    mine = Post.objects.filter(id=post_id, user_id=user_id)
+    if mine.filter(updated_at__lte=at).update(**fields, updated_at=at) or mine.exists():
+        return None  # applied, or a newer write is in place already
+    return f"no post {post_id} of user {user_id}: deleted after the update was acknowledged"
 
 
 def accounts_reconcile(*, older_than_s: float = 5.0) -> dict:

@@ -9,6 +9,8 @@ The topology's `cache.mode` picks the strategy, live:
   off cannot come back stale when it is switched on again.
 - `cache-aside`: a read looks first; a miss reads the database and fills.
 - `write-through`: as cache-aside, and a user update also puts the new representation in the cache.
+- `write-behind`: as write-through, but profile updates and post creates/updates are acknowledged
+  once queued in the `state` Valkey and written to PostgreSQL by the `flusher` (`behind`).
 
 L1 (`cache.l1`, off by default): a small LRU in each app-server process (`local`), in front of
 Valkey, for the same entries and keys, each kept at most `l1_ttl_ms` and at most `l1_entries` of

@@ -10,7 +10,7 @@ after its transaction commits. What a write touches:
 
 All pages of a user go at once: their keys contain the user's namespace version, and one INCR
 moves it on (keys.py). In `write-through` mode a user update puts its new representation in the
-cache instead of deleting the entry.
+cache instead of deleting the entry; so does `write-behind` (behind.py), for a queued update too.
 
 Every write also leaves a tombstone for `max_lag_ms` + TOMBSTONE_MARGIN_MS, during which fills of
 that user's keys are skipped (reads.FILL). Why a tombstone rather than sending cache misses to the
@@ -96,7 +96,7 @@ def _after_commit(user_id, *, user, user_entry: bool, posts: bool) -> None:
 def invalidate(user_id: int, *, user=None, user_entry: bool = True, posts: bool = True) -> None:
     """Never raises: a write that is committed must not turn into an error."""
     value = "-" if not user_entry else ""
-    if user is not None and user_entry and request.mode() == "write-through":
+    if user is not None and user_entry and request.mode() in ("write-through", "write-behind"):
         value = _representation(user)
     t = topology.current().topology
     tombstone_ms = int(t.max_lag_ms) + TOMBSTONE_MARGIN_MS

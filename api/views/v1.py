@@ -7,7 +7,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from api import selectors, services
-from api.caching import reads
+from api.caching import behind, reads
 from api.gateway.errors import FieldError
 from api.pagination import PageParams, encode_cursor, next_url, page_params, time_range
 from api.serializers import PostSearchResultSerializer, PostSerializer, UserSerializer, UserUpdateSerializer
@@ -48,7 +48,7 @@ class UserListView(ApiView):
         user, created = services.user_sign_up(**data)
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(UserSerializer(user).data, status=code,
-                        headers={"Location": f"/api/v1/users/{user.id}"})
+                        headers={"Location": f"/api/v1/users/{user.id}", **behind.headers()})
 
 
 class UserDetailView(ApiView):
@@ -67,12 +67,13 @@ class UserDetailView(ApiView):
 
     def _update(self, request, user_id, partial):
         changes = _validated(UserUpdateSerializer, request, partial=partial)
-        return Response(UserSerializer(services.user_update(user_id=user_id, changes=changes)).data)
+        user = services.user_update(user_id=user_id, changes=changes)
+        return Response(UserSerializer(user).data, headers=behind.headers())
 
     @extend_schema(responses={204: None})
     def delete(self, request, user_id):
         services.user_delete(user_id=user_id)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(status=status.HTTP_204_NO_CONTENT, headers=behind.headers())
 
 
 class PostListView(ApiView):
@@ -93,7 +94,7 @@ class PostListView(ApiView):
         data = _validated(PostSerializer, request)
         post = services.post_create(user_id=user_id, **data)
         return Response(PostSerializer(post).data, status=status.HTTP_201_CREATED,
-                        headers={"Location": f"/api/v1/users/{user_id}/posts/{post.id}"})
+                        headers={"Location": f"/api/v1/users/{user_id}/posts/{post.id}", **behind.headers()})
 
 
 def _post_key(post):
@@ -126,12 +127,12 @@ class PostDetailView(ApiView):
     def _update(self, request, user_id, post_id, partial):
         changes = _validated(PostSerializer, request, partial=partial)
         post = services.post_update(user_id=user_id, post_id=post_id, changes=changes)
-        return Response(PostSerializer(post).data)
+        return Response(PostSerializer(post).data, headers=behind.headers())
 
     @extend_schema(responses={204: None})
     def delete(self, request, user_id, post_id):
         services.post_delete(user_id=user_id, post_id=post_id)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(status=status.HTTP_204_NO_CONTENT, headers=behind.headers())
 
 
 SEARCH_MAX_CHARS = 200

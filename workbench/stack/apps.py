@@ -56,6 +56,14 @@ def reconciler(cfg: StackConfig) -> ProcessSpec:
                        argv=argv, cwd=PROJECT_DIR, env=stack_env(cfg), health=lambda: True)
 
 
+def flusher(cfg: StackConfig) -> ProcessSpec:
+    """Applies the writes that write-behind queued in the state Valkey (api/caching/behind.py).
+    Runs in every cache mode: it drains what a previous write-behind period left queued."""
+    argv = [sys.executable, str(PROJECT_DIR / "manage.py"), "flush_writes", "--loop"]
+    return ProcessSpec(name="flusher", role="worker", port=0, log_file=cfg.log_dir / "flusher.log",
+                       argv=argv, cwd=PROJECT_DIR, env=stack_env(cfg), health=lambda: True)
+
+
 def dashboard(cfg: StackConfig) -> ProcessSpec:
     port = cfg.dashboard_port
     argv = [sys.executable, "-m", "streamlit", "run", str(PROJECT_DIR / "lessons" / "app.py"),

@@ -12,7 +12,9 @@ group is carried out alike (a ShardGroup knows its nodes' aliases, URLs, ports a
   primary and started or retired, the replication mode (synchronous_standby_names and
   synchronous_commit on its primary), each replica's apply delay (recovery_min_apply_delay, for
   the stale-read and region lessons) and the supporting index (query optimization); PgBouncer
-  in front of shard 1's primary when the topology asks for it (workbench/stack/pgbouncer.py).
+  in front of shard 1's primary when the topology asks for it (workbench/stack/pgbouncer.py);
+  and the state Valkey's persistence (`cache.state_fsync`, CONFIG SET), put back at once when that
+  Valkey was restarted, since a restart starts it with the default of its command line.
 - `monitor` (another thread) samples every node each `sample_interval_s`: health, replay lag in
   WAL bytes and in milliseconds, and once a second connections, plus each primary's users and
   posts (n_live_tup, cheap). It publishes the sample with what runs and what is being done
@@ -44,7 +46,7 @@ from api.caching import metrics as cache_metrics
 from api.routing import nodes, shards, stats
 from workbench import parameters, topology
 
-from . import binaries, config, pgbouncer, ports, postgres
+from . import binaries, config, pgbouncer, ports, postgres, valkey
 from .process import Supervised, as_user
 
 MAX_REPLICAS = shards.MAX_REPLICAS
@@ -160,18 +162,21 @@ class DataNodes:
 
     # --- carrying out the topology -------------------------------------------------------------
     def apply_forever(self) -> None:
-        applied_version, applied_at = -1, 0.0
+        applied_version, applied_at, applied_state = -1, 0.0, None
         while not self.ctl.stopping.wait(APPLY_INTERVAL_S):
             try:
                 version = self.store.version()
-                # A new version, or a periodic pass that puts back anything changed behind our back.
-                if version == applied_version and time.monotonic() - applied_at < REAPPLY_S:
+                state_pid = self._state_valkey_pid()
+                # A new version, a restarted state Valkey (its persistence is the command line's
+                # again), or a periodic pass that puts back anything changed behind our back.
+                if version == applied_version and state_pid == applied_state and \
+                        time.monotonic() - applied_at < REAPPLY_S:
                     continue
                 applied_at = time.monotonic()
                 doc = self.store.read()
                 self.version = doc.version
                 self.apply(doc.topology)
-                applied_version = doc.version
+                applied_version, applied_state = doc.version, state_pid
                 self.progress = "; ".join(self.refusals) or None
             except Exception as exc:  # report it and try again; the stack keeps running meanwhile
                 self.progress = f"failed, retrying: {exc}"
@@ -203,6 +208,7 @@ class DataNodes:
             attempt(self._start_pgbouncer)
         elif not t.pgbouncer and self._pgbouncer_running():
             attempt(self._retire_pgbouncer)
+        attempt(self._set_state_fsync, t.cache.state_fsync)
         self.running = self.read_running()
         if errors:
             raise errors[0]
@@ -232,7 +238,8 @@ class DataNodes:
                 "replication": _agreed({g.primary: self._replication_mode(g) for g in groups}),
                 "replica_delays_ms": {name: self._apply_delay(name) for names in replicas.values() for name in names},
                 "indexes.post_user_time": _agreed({g.primary: self._index_state(g)[0] for g in groups}),
-                "pgbouncer": self._pgbouncer_running(), "app_servers": self.cfg.app_servers}
+                "pgbouncer": self._pgbouncer_running(), "app_servers": self.cfg.app_servers,
+                "cache.state_fsync": self._state_fsync()}
 
     def _say(self, progress: str) -> None:
         self.progress = progress
@@ -413,6 +420,25 @@ class DataNodes:
                 conn.execute("ANALYZE api_post")
             # The lock goes with the session when this connection closes.
         self.ctl.log("index_set", name=group.primary, index=queries.SUPPORTING_INDEX, present=wanted)
+
+    # --- the state Valkey's persistence (write-behind's queue lives there) ---------------------------
+    def _state_valkey_pid(self) -> int | None:
+        with self.ctl.lock:
+            proc = self.ctl.procs.get("valkey-state")
+        return proc.pid if proc else None
+
+    def _state_fsync(self) -> str | None:
+        try:
+            return valkey.fsync_mode(self.state)
+        except redis.RedisError:
+            return None  # down or restarting: reported as not running what the topology asks
+
+    def _set_state_fsync(self, mode: str) -> None:
+        if self._state_fsync() == mode:
+            return
+        self._say(f"setting the state Valkey's persistence to {mode}")
+        valkey.set_fsync(self.state, mode)
+        self.ctl.log("state_fsync_set", mode=mode)
 
     # --- PgBouncer, the optional external pooler (workbench/stack/pgbouncer.py) ---------------------
     def _pgbouncer_running(self) -> bool:
