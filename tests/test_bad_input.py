@@ -451,3 +451,16 @@ def test_refused_bodies_never_break_the_connection_through_caddy(api_url):
             seen[http.post(f"{api_url}/users", data=iter([body[:20], body[20:]]),
                            headers={"Content-Type": "application/json"}, timeout=10).status_code] += 1
     assert seen == {413: 60, 415: 60, 411: 60}, seen
+
+
+def test_a_state_valkey_error_is_a_503_problem_not_a_500():
+    """An id lease or a queue write failing because the state Valkey is down (a worker's first post
+    after it died) is an outage the client may retry, not a bug."""
+    import redis
+
+    from api.gateway.errors import exception_handler
+
+    response = exception_handler(redis.ConnectionError("Connection refused"), {"request": None})
+    assert response.status_code == 503 and response["Retry-After"] == "1" and response.is_problem
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.data["status"] == 503 and "state store" in response.data["detail"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError, IntegrityError
 from django.http import Http404
@@ -79,6 +80,11 @@ def exception_handler(exc, context):
         # An unreachable or failing database: say so and invite a retry, never a bare 500.
         log.warning("database error: %s", exc)
         exc = Unavailable(f"The database is unavailable: {type(exc).__name__}.")
+        headers["Retry-After"] = "1"
+    elif isinstance(exc, redis.RedisError):
+        # The state Valkey (id leases, the topology, queues) failing is an outage, not a bug.
+        log.warning("state Valkey error: %s", exc)
+        exc = Unavailable(f"The state store is unavailable: {type(exc).__name__}.")
         headers["Retry-After"] = "1"
     if not isinstance(exc, exceptions.APIException):
         return None  # a real bug: Django's handler500 answers with problem+json
