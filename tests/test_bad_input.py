@@ -462,5 +462,5 @@ def test_a_state_valkey_error_is_a_503_problem_not_a_500():
 
     response = exception_handler(redis.ConnectionError("Connection refused"), {"request": None})
     assert response.status_code == 503 and response["Retry-After"] == "1" and response.is_problem
-    assert response["Content-Type"] == "application/problem+json"
+    assert response.content_type == "application/problem+json"  # the header is set once rendered
     assert response.data["status"] == 503 and "state store" in response.data["detail"]
