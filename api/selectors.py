@@ -1,5 +1,10 @@
 """Reads. Each is a fixed number of queries, whatever the page size. A user's reads run on the
-user's shard (api.routing.placement); listing all users asks every shard."""
+user's shard (api.routing.placement); listing all users asks every shard.
+
+The reads of one user's rows go through the query cache (api.caching.querycache), which answers
+them from Valkey when `cache.query_cache` is on and runs them unchanged when it is off. Each names
+its owner: the user whose rows it reads (the user row, or posts with that user_id), since writes
+invalidate per owner."""
 from __future__ import annotations
 
 import heapq
@@ -7,6 +12,7 @@ from datetime import datetime
 
 from django.db.models import Q
 
+from api.caching import querycache
 from api.gateway.errors import NotFound
 from api.models import Post, User
 from api.pagination import PageParams
@@ -17,7 +23,7 @@ from workbench import topology
 def user_get(*, user_id: int) -> User:
     def get():
         try:
-            return User.objects.get(id=user_id)
+            return querycache.get(User.objects.filter(id=user_id), owner=user_id)
         except User.DoesNotExist:
             raise NotFound("user_id", f"No user {user_id}.") from None
 
@@ -49,7 +55,7 @@ def post_list(*, user_id: int, page: PageParams, since: datetime | None, until: 
     """A user's posts, newest first, optionally within [since, until]. Two queries: the user's
     existence (so an unknown user is a 404, not an empty page) and the page itself."""
     def page_of_posts():
-        if not User.objects.filter(id=user_id).exists():
+        if not querycache.exists(User.objects.filter(id=user_id), owner=user_id):
             raise NotFound("user_id", f"No user {user_id}.")
         rows = Post.objects.filter(user_id=user_id).order_by("-created_at", "-id")
         if since:
@@ -59,7 +65,7 @@ def post_list(*, user_id: int, page: PageParams, since: datetime | None, until: 
         if page.after:
             at, last_id = page.after
             rows = rows.filter(Q(created_at__lt=at) | Q(created_at=at, id__lt=last_id))
-        return list(rows[: page.limit + 1])
+        return querycache.rows(rows[: page.limit + 1], owner=user_id)
 
     return placement.read(user_id, page_of_posts, NotFound)
 
@@ -67,7 +73,7 @@ def post_list(*, user_id: int, page: PageParams, since: datetime | None, until: 
 def post_get(*, user_id: int, post_id: int) -> Post:
     def get():
         try:
-            return Post.objects.get(id=post_id, user_id=user_id)
+            return querycache.get(Post.objects.filter(id=post_id, user_id=user_id), owner=user_id)
         except Post.DoesNotExist:
             raise NotFound("post_id", f"No post {post_id} of user {user_id}.") from None
 

@@ -28,6 +28,9 @@ The same script PUBLISHes the user id on keys.L1_CHANNEL, always (whatever `cach
 no L1 can outlive a write it missed): each process's L1 subscriber drops that user's entries
 (api/caching/local.py).
 
+The same event bumps the query cache's generations of the user on the write's shard
+(api.caching.querycache.changed), after the same commit.
+
 A write whose invalidation fails (the cache is down) is remembered in this process and done again
 once the cache answers (`retry_pending`); a process that dies first leaves the entries to their TTL.
 """
@@ -41,7 +44,7 @@ from django.db import transaction
 
 from workbench import topology
 
-from . import keys, metrics, reads, request, valkey
+from . import keys, metrics, querycache, reads, request, valkey
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ def _after_commit(user_id, *, user, user_entry: bool, posts: bool) -> None:
     from api.routing.db import write_alias  # the shard the write runs on
     transaction.on_commit(lambda: invalidate(user_id, user=user, user_entry=user_entry, posts=posts),
                           using=write_alias())
+    querycache.changed(user_id, user=user_entry, posts=posts)
 
 
 def invalidate(user_id: int, *, user=None, user_entry: bool = True, posts: bool = True) -> None:
@@ -134,6 +138,7 @@ def _remember(user_id: int, user_entry: bool, posts: bool) -> None:
 
 def retry_pending() -> None:
     """Invalidations that failed while the cache was down, done again once it may answer."""
+    querycache.retry_pending()
     if not _pending or not valkey.available():
         return
     with _pending_lock:

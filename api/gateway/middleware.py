@@ -40,7 +40,7 @@ class GatewayMiddleware:
         faults.arm(request)
         client_id = request.headers.get("X-Client-Id")
         token = db.begin_request(request.method, client_id)
-        cache_token = cache_request.begin()
+        cache_token = cache_request.begin(request.method)
         try:
             refused = self._limits(request)
             if refused is not None:

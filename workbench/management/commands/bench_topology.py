@@ -7,6 +7,8 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
   pooling      a new connection per request vs pooled connections vs PgBouncer
   sharding     write throughput and p95 with 1, 2 and 4 shards, emulation off and on (RTT sweep);
                each shard count is reached by an online reshard, which is recorded too
+  querycache   the database query cache off vs on (application cache off), the caching lesson's
+               95/5 Zipf mix, emulation off and on (RTT sweep), with the X-Query-Cache shares
   fastpath     cached GET /users/{id} (Valkey, and Valkey + L1) against the bare Django JSON view,
                both through Caddy, with where each response's time went (Server-Timing)
 
@@ -68,6 +70,12 @@ def suites(strategy: str = "hash") -> dict:
         for mode in ("off", "cache-aside"):
             label = f"cache {mode}, " + ("emulation off" if rtt is None else f"emulation on, RTT {rtt:g} ms")
             cache_cases.append((label, {"cache": {"mode": mode}, "emulation": _emulated(rtt)}))
+    query_cases = []
+    for rtt in (None, *sweep):
+        for on in (False, True):
+            label = f"query cache {'on' if on else 'off'}, " + (
+                "emulation off" if rtt is None else f"emulation on, RTT {rtt:g} ms")
+            query_cases.append((label, {"cache": {"mode": "off", "query_cache": on}, "emulation": _emulated(rtt)}))
     hits = {"mode": "cache-aside", "user_ttl_s": 3600}  # entries outlive the whole suite: the runs measure hits
     fast_cases = [("bare Django JSON view (/healthz)", {}, BARE_VIEW),
                   ("GET /users/{id}, cache off", {"cache": {"mode": "off"}}),
@@ -83,6 +91,12 @@ def suites(strategy: str = "hash") -> dict:
                     "95% reads (GET /users/{id} and GET /users/{id}/posts, half each), 5% writes (posts, "
                     "profile updates), Zipf popularity (s = 1.1) over the seeded users, 0 replicas",
                     CACHED_MIX, cache_cases),
+        "querycache": ("Caching: the database query cache off vs on",
+                       "95% reads (GET /users/{id} and GET /users/{id}/posts, half each), 5% writes (posts, "
+                       "profile updates), Zipf popularity (s = 1.1) over the seeded users, 0 replicas; the "
+                       "application cache (`cache.mode`) off, so every read reaches the selectors, and "
+                       "`cache.query_ttl_s` at its default",
+                       CACHED_MIX, query_cases),
         "replicas": ("Read replicas, with and without emulation",
                      "the default read mix (users, a user's posts, time ranges, single posts), reads only",
                      READS, replica_cases),
@@ -161,6 +175,8 @@ class Command(BaseCommand):
             text = render_sharding(cfg, o, heading, what, table, self.reshards, data)
         elif o["suite"] == "caching":
             text = render_caching(cfg, o, what, table)
+        elif o["suite"] == "querycache":
+            text = render_querycache(cfg, o, what, table)
         elif o["suite"] == "fastpath":
             text = render_fastpath(cfg, o, what, table)
         else:
@@ -232,13 +248,7 @@ def render_caching(cfg, o, what, table) -> str:
     ]
     for label, row in table.items():
         off = table[label.replace("cache cache-aside", "cache off")]
-        thr, p50, p95 = _median(row["thr"]), _median(row["p50"]), _median(row["p95"])
-        thr_off, p95_off = _median(off["thr"]), _median(off["p95"])
-        cpu = _median(row["cpu"])
-        lines.append(f"| {label} | {thr or 0:,.0f} | {f'{thr / thr_off:.2f}x' if thr and thr_off else '-'} | "
-                     f"{p50 or 0:.2f} | {p95 or 0:.2f} | {f'{p95 / p95_off:.2f}x' if p95 and p95_off else '-'} | "
-                     f"{cpu or 0:.0f}%{' (*)' if cpu and cpu >= CPU_SATURATED else ''} | "
-                     f"{sum(row['valid'])}/{len(row['valid'])} |")
+        lines.append(f"| {label} | {_versus(row, off)} | {_cpu_cell(row)} | {sum(row['valid'])}/{len(row['valid'])} |")
     lines += ["", f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run: the shared CPU "
               "set that throughput, not the emulated database (DESIGN.md section 5).",
               "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
@@ -264,11 +274,7 @@ def render_fastpath(cfg, o, what, table) -> str:
     ]
     for label, row in table.items():
         thr, p50, p95 = _median(row["thr"]), _median(row["p50"]), _median(row["p95"])
-        caches = collections.Counter()
-        for summary in row["closed"]:
-            caches.update(summary.get("attribution", {}).get("X-Cache", {}))
-        total = sum(caches.values())
-        shares = ", ".join(f"{k} {v / total:.0%}" for k, v in caches.most_common()) if total else "-"
+        shares = _shares(_said(row, "X-Cache"))
         timing = [_median([s.get("server_timing_ms", {}).get(p, 0.0) for s in row["closed"]]) for p in parts]
         ratio = thr / bare_thr if thr and bare_thr else None
         verdict = ""
@@ -282,6 +288,59 @@ def render_fastpath(cfg, o, what, table) -> str:
               "not touch counts as 0). What `app` has beyond the other parts is Python in the view: the "
               "framework, routing and, on a miss, the serializer. The bare view sends no X-Cache part of its own "
               "beyond the gateway's `off`/`bypass`.",
+              "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+    return "\n".join(lines)
+
+
+def _versus(row: dict, base: dict) -> str:
+    """The cells `throughput | vs base | p50 | p95 | p95 vs base` of a row against its base row."""
+    thr, p50, p95 = _median(row["thr"]), _median(row["p50"]), _median(row["p95"])
+    thr_base, p95_base = _median(base["thr"]), _median(base["p95"])
+    return (f"{thr or 0:,.0f} | {f'{thr / thr_base:.2f}x' if thr and thr_base else '-'} | {p50 or 0:.2f} | "
+            f"{p95 or 0:.2f} | {f'{p95 / p95_base:.2f}x' if p95 and p95_base else '-'}")
+
+
+def _cpu_cell(row: dict) -> str:
+    cpu = _median(row["cpu"])
+    return f"{cpu or 0:.0f}%{' (*)' if cpu and cpu >= CPU_SATURATED else ''}"
+
+
+def _said(row: dict, header: str) -> collections.Counter:
+    """How often `header` had each value over the row's closed runs (the load generator's attribution)."""
+    counts = collections.Counter()
+    for summary in row.get("closed", []):
+        counts.update(summary.get("attribution", {}).get(header, {}))
+    return counts
+
+
+def _shares(counts: collections.Counter) -> str:
+    """`hit 81%, miss 14%, bypass 5%`."""
+    total = sum(counts.values())
+    return ", ".join(f"{k} {v / total:.0%}" for k, v in counts.most_common()) if total else "-"
+
+
+def render_querycache(cfg, o, what, table) -> str:
+    """Each query-cache-on case against off at the same emulation, in the same repetitions, with
+    what X-Query-Cache and X-DB-Node said (a hit reads no node: `none`)."""
+    lines = _preamble(cfg, o, what)
+    lines[0] = lines[0].removesuffix(" No cache.")
+    lines += [
+        "| case | throughput (req/s) | vs query cache off, same emulation | p50 (ms) | p95 (ms) | p95 vs off | "
+        "X-Query-Cache (closed runs) | answered by no DB node | CPU, closed run | runs valid |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in table.items():
+        off = table[label.replace("query cache on", "query cache off")]
+        nodes = _said(row, "X-DB-Node")
+        no_node = f"{nodes['none'] / sum(nodes.values()):.0%}" if nodes else "-"
+        lines.append(f"| {label} | {_versus(row, off)} | {_shares(_said(row, 'X-Query-Cache'))} | {no_node} | "
+                     f"{_cpu_cell(row)} | {sum(row['valid'])}/{len(row['valid'])} |")
+    lines += ["", f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run: the shared CPU "
+              "set that throughput, not the emulated database (DESIGN.md section 5).",
+              "", "A hit saves the database round trips of a read (two for a posts page: the user's existence "
+              "and the page), not the serializer; writes bump the written user's generations only "
+              "(api/caching/querycache.py), so a write invalidates that user's entries and no one else's.",
               "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
               "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
     return "\n".join(lines)
