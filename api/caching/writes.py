@@ -99,6 +99,9 @@ def _after_commit(user_id, *, user, user_entry: bool, posts: bool) -> None:
 
 def invalidate(user_id: int, *, user=None, user_entry: bool = True, posts: bool = True) -> None:
     """Never raises: a write that is committed must not turn into an error."""
+    if topology.current().topology.cache.invalidation == "ttl":
+        metrics.count("invalidations_skipped")  # TTL-only: the entries stay until they expire
+        return
     value = "-" if not user_entry else ""
     if user is not None and user_entry and request.mode() in ("write-through", "write-behind"):
         value = _representation(user)
