@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from api import faults, selectors
 from api.caching import behind
+from api.caching import querycache
 from api.caching import writes as cache
 from api.gateway.errors import Conflict, NotFound
 from api.models import Account, Post, User
@@ -326,13 +327,24 @@ def flush_write(write: dict) -> str | None:
     kind, fields = write["kind"], write["fields"]
     if kind == "user":
         fields = {name: fields[name] for name in PROFILE_FIELDS if name in fields}
-        return placement.write(user_id, lambda: _flush_user(user_id, fields, at))
+        return _flushed(user_id, lambda: _flush_user(user_id, fields, at), user=True, posts=False)
     fields = {name: fields[name] for name in POST_FIELDS if name in fields}
-    if kind == "post_create":
-        return placement.write(user_id, lambda: _flush_post_create(user_id, int(post_id), fields, at))
+    if kind == "post_create":  # the user's post_count changes too
+        return _flushed(user_id, lambda: _flush_post_create(user_id, int(post_id), fields, at), user=True, posts=True)
     if kind == "post_update":
-        return placement.write(user_id, lambda: _flush_post_update(user_id, int(post_id), fields, at))
+        return _flushed(user_id, lambda: _flush_post_update(user_id, int(post_id), fields, at), user=False, posts=True)
     return f"unknown kind of write {kind!r}"
+
+
+def _flushed(user_id: int, work, *, user: bool, posts: bool) -> str | None:
+    """`work()` in its shard's transaction; a write that applied moves the query cache's generations
+    of what it touched once it commits, as every synchronous write does (api.caching.querycache)."""
+    def run():
+        why = work()
+        if why is None:
+            querycache.changed(user_id, user=user, posts=posts)
+        return why
+    return placement.write(user_id, run)
 
 
 def _flush_user(user_id: int, fields: dict, at: datetime) -> str | None:

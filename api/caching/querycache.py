@@ -7,8 +7,7 @@ What is cached: the queries of `user_get`, `post_get` and `post_list` (api/selec
 HEAD requests. Each selector names the query's *owner*, the user whose rows it reads (every one of
 them reads only one user's rows: the user row, or posts with that `user_id`). Not cached: reads in
 requests that write (the router sends those to the primary for the truth), reads inside a
-transaction, reads while `cache.mode` is `write-behind` (its flusher writes rows without the events
-that bump generations), scatter-gather reads over every shard (the user list, search), any read while a
+transaction, scatter-gather reads over every shard (the user list, search), any read while a
 reshard runs, and querysets this module cannot rebuild exactly (values(), only(), annotations).
 
 Why not django-cachalot. Cachalot keys every query by its tables and invalidates a table,
@@ -221,9 +220,7 @@ def get(qs, *, owner: int):
 
 def _usable(qs) -> bool:
     state = request.current()
-    # Write-behind's flusher (services.flush_write) writes rows without the services' cache events,
-    # so no generation would move: until it calls `changed` too, this layer stands aside in that mode.
-    if state is None or not state.query_reads or state.mode == "write-behind":
+    if state is None or not state.query_reads:
         return False
     from api.routing import db
     if topology.current().topology.reshard_shards or connections[db.write_alias()].in_atomic_block:
