@@ -41,7 +41,8 @@ write-through value reaches the L1s by the next read (a Valkey hit).
 
 Counters (metrics.L1): hits, misses, fills, evictions (dropped to make room, or by a smaller
 `l1_entries`), expirations (found past its TTL), invalidations (entries dropped by a message or a
-reconnection). `stats()`: this process's size and capacity.
+reconnection; not those dropped because `cache.l1` was switched off). `stats()`: this process's
+size and capacity.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def enabled() -> bool:
     if not cfg.l1 or request.mode() == "off":
         if s.entries:
             with s.lock:
-                _clear(s)
+                _clear(s, counted=False)
         return False
     if s.thread is None:
         _start(s)
@@ -227,8 +228,8 @@ def _trim(s: _State, now: float, ttl_s: float) -> None:
         metrics.L1.count("expirations" if now - put_at > ttl_s else "evictions")
 
 
-def _clear(s: _State) -> None:
-    if s.entries:
+def _clear(s: _State, counted: bool = True) -> None:
+    if s.entries and counted:
         metrics.L1.count("invalidations", len(s.entries))
     s.entries.clear()
     s.by_user.clear()
