@@ -50,6 +50,11 @@ def render(data: dict) -> None:
     with st.expander("What the layers are"):
         st.markdown(LESSON)
     st.table(pd.DataFrame(_counter_rows(data["layers"])).set_index("layer"))
+    mine = data["layers"]["l1"].get("this_process")
+    if mine:
+        st.caption(f"L1 of the worker that answered ({mine['app_server']}, pid {mine['pid']}): {mine['size']:,} of "
+                   f"{mine['capacity']:,} entries; invalidation subscriber "
+                   f"{'connected' if mine['connected'] else 'NOT connected (the L1 serves nothing meanwhile)'}.")
     server = data["layers"]["valkey"].get("server") or {}
     if "error" in server:
         st.warning(f"The cache Valkey did not answer: {server['error']} (reads go to the database: X-Cache `down`).")

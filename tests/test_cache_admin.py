@@ -43,6 +43,7 @@ def test_the_report_counts_hits_over_every_app_server(topology_admin, stack_conf
     assert 0 < valkey["hit_ratio"] <= 1
     assert valkey["server"]["keys"] >= 1 and valkey["server"]["evicted_keys"] >= 0
     assert set(data["layers"]) == {"l1", "valkey", "query"}
+    assert data["layers"]["l1"]["this_process"]["app_server"] in ("app-1", "app-2")
     topology_admin.apply({}, replace=True)
 
 

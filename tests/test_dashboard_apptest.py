@@ -148,7 +148,8 @@ SHARDS = {"sharding": "hash", "shards": 1, "shard_groups": 1,
 
 CACHE = {"cache": {"mode": "cache-aside", "invalidation": "events", "l1": True, "query_cache": False},
          "layers": {"l1": {"title": "per-process L1", "counters": {"hits": 30, "misses": 10, "evictions": 2},
-                           "hit_ratio": 0.75},
+                           "hit_ratio": 0.75, "this_process": {"app_server": "app-2", "pid": 42, "size": 5,
+                                                                "capacity": 2000, "connected": True}},
                     "valkey": {"title": "application cache", "counters": {"hits": 6, "misses": 4, "fills": 4},
                                "hit_ratio": 0.6, "server": {"keys": 12, "used_memory": 2**21, "maxmemory": 2**28,
                                                             "evicted_keys": 7, "expired_keys": 3}},
@@ -171,6 +172,7 @@ def test_status_page_shows_the_caching_layers(fake_stack):
     stale = next(t.value for t in at.table if "stale share" in t.value.columns)
     assert stale.loc["cache-aside, TTL only, TTL 5 s", "stale share"] == "25.00%"
     assert any("7 evicted" in c.value for c in at.caption)
+    assert any("app-2, pid 42): 5 of 2,000 entries" in c.value for c in at.caption)
 
 
 def test_status_page_shows_replicas_and_pending_changes(fake_stack):

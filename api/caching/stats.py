@@ -8,7 +8,7 @@ import json
 
 from django.conf import settings
 
-from . import metrics, valkey
+from . import local, metrics, valkey
 
 LAYERS = (("l1", "per-process L1 (LRU in each app server)", metrics.L1),
           ("valkey", "application cache (the `cache` Valkey)", metrics.COUNTERS),
@@ -26,6 +26,8 @@ def summary(state) -> dict:
         layers[name] = {"title": title, "counters": totals,
                         "hit_ratio": round(served / looked, 4) if looked else None}
     layers["valkey"]["server"] = _valkey_server()
+    # Each app-server process has its own L1: this is the one of the worker that answered.
+    layers["l1"]["this_process"] = {**local.stats(), "app_server": settings.APP_SERVER_NAME}
     return {"layers": layers, "write_behind": _write_behind(), "stale_probe": latest_stale_probe()}
 
 
