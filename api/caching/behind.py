@@ -19,7 +19,7 @@ again after the flush, so a new post shows once it is flushed. A record per user
 the state Valkey holds what is queued but not yet flushed, so a second update (or an update of a
 post still in the queue) answers with everything acknowledged before it.
 
-Ordering and idempotency (see api/management/commands/flush_writes.py): one flusher applies the
+Ordering and idempotency (see workbench/management/commands/flush_writes.py): one flusher applies the
 stream in order. Each update carries its acknowledgement time as `updated_at`, and applies only
 over an older row, so a replayed entry (a flusher killed before its XACK, or a state Valkey that
 lost its acknowledgements) never undoes a newer write; a post is inserted ON CONFLICT (id) DO
