@@ -427,3 +427,18 @@ def test_the_stale_read_probe_counts_a_read_that_lacks_an_acknowledged_write():
     assert acks.missed(2.5, lambda v: v <= 1) == 0.5           # lacks version 3, acknowledged at 2.0
     assert acks.missed(3.5, lambda v: v <= 0) == 2.5           # lacks all three: aged from the first
     assert acks.missed(3.0, lambda v: v <= 3) is None          # version 5 was not acknowledged before the send
+
+
+def test_the_run_list_skips_files_that_are_not_runs(tmp_path):
+    """A stray JSON file in the results folder (once, the stale-read probe's tables) must not break
+    the controller's GET /runs for every later caller."""
+    from workbench.loadgen.runs import list_results, results_dir
+    from workbench.stack import config
+
+    cfg = config.load({"WORKBENCH_DATA_DIR": str(tmp_path)})
+    run = {"id": "20261128T000000Z-abcdef", "label": "x", "workload": {"mode": "open", "rate": 5},
+           "summary": {"valid": True, "achieved_rps": 5.0, "latency": {"p95_ms": 1.0}}}
+    (results_dir(cfg) / f"{run['id']}.json").write_text(json.dumps(run))
+    (results_dir(cfg) / "stale-probe-20261128T000001Z.json").write_text(json.dumps({"rows": []}))
+    (results_dir(cfg) / "broken.json").write_text("{")
+    assert [r["id"] for r in list_results(cfg)] == [run["id"]]

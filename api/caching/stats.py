@@ -54,8 +54,9 @@ def _write_behind() -> dict | None:
 
 def latest_stale_probe() -> dict | None:
     """The newest table `manage.py stale_probe` saved in the data dir, or None."""
-    results = settings.STACK.data_dir / "results"
-    files = sorted(results.glob("stale-probe-*.json")) if results.is_dir() else []
+    from workbench.loadgen.staleprobe import saved_dir
+    folder = saved_dir(settings.STACK.data_dir)
+    files = sorted(folder.glob("stale-probe-*.json")) if folder.is_dir() else []
     for path in reversed(files):
         try:
             return json.loads(path.read_text())

@@ -206,9 +206,10 @@ def list_results(cfg: StackConfig, limit: int = 50) -> list[dict]:
     for path in sorted(results_dir(cfg).glob("*.json"), reverse=True)[:limit]:
         try:
             r = json.loads(path.read_text())
-        except ValueError:
+            out.append({"id": r["id"], "label": r["label"], "mode": r["workload"]["mode"],
+                        "rate": r["workload"]["rate"], "valid": r["summary"]["valid"],
+                        "achieved_rps": r["summary"]["achieved_rps"],
+                        "p95_ms": r["summary"]["latency"]["p95_ms"]})
+        except (ValueError, KeyError, TypeError):  # not a run (a stray file): the list goes on without it
             continue
-        out.append({"id": r["id"], "label": r["label"], "mode": r["workload"]["mode"],
-                    "rate": r["workload"]["rate"], "valid": r["summary"]["valid"],
-                    "achieved_rps": r["summary"]["achieved_rps"], "p95_ms": r["summary"]["latency"]["p95_ms"]})
     return out

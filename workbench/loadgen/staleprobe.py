@@ -19,11 +19,17 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import requests
 
 PAGE = "?limit=10"
 MAX_REQUESTS = 200_000
+
+
+def saved_dir(data_dir: Path) -> Path:
+    """Where `manage.py stale_probe` saves its tables: beside the load runs, not among them."""
+    return data_dir / "stale-probe"
 
 
 @dataclass

@@ -10,8 +10,8 @@ from django.core.management.base import BaseCommand, CommandError
 from workbench import topology
 from workbench.loadgen.client import TopologyClient, TopologyError
 from workbench.loadgen.report import write_doc_block
-from workbench.loadgen.runs import machine, results_dir
-from workbench.loadgen.staleprobe import Probe
+from workbench.loadgen.runs import machine
+from workbench.loadgen.staleprobe import Probe, saved_dir
 from workbench.stack import config
 
 HEADING = "Caching: the stale-read table"
@@ -36,7 +36,7 @@ def cases(ttls: list[int]) -> list[tuple[str, dict]]:
 
 class Command(BaseCommand):
     help = ("Run the stale-read probe under each caching strategy and TTL; write the table to "
-            "docs/benchmarks.md and save it (the data dir's results/stale-probe-*.json) for the dashboard.")
+            "docs/benchmarks.md and save it (the data dir's stale-probe/*.json) for the dashboard.")
     requires_system_checks = []
 
     def add_arguments(self, parser):
@@ -85,7 +85,9 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         saved = {"at": datetime.now(timezone.utc).isoformat(), "options": {k: o[k] for k in
                  ("duration", "users", "readers", "write_pause_ms", "ttl")}, "machine": machine(), "rows": rows}
-        path = results_dir(cfg) / f"stale-probe-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+        folder = saved_dir(cfg.data_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"stale-probe-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
         path.write_text(json.dumps(saved, indent=1))
         text = render(saved, o)
         self.stdout.write(text)
