@@ -64,15 +64,38 @@ def render(data: dict) -> None:
                    f"{server['expired_keys']:,} expired. Counters since the stack started, over every app server.")
     behind = data.get("write_behind")
     if behind:
-        st.markdown("**Write-behind queue** (the `state` Valkey stream)")
-        st.json(behind, expanded=False)
+        _write_behind(behind)
     probe = data.get("stale_probe")
     if probe:
         st.markdown(f"**Stale reads** (`python manage.py stale_probe`, measured {probe['at'][:16].replace('T', ' ')} UTC)")
         st.table(pd.DataFrame([{
-            "case": r["case"], "reads": r["all"]["reads"], "stale": r["all"]["stale"],
+            "case": r["case"], "reads": f"{r['all']['reads']:,}", "stale": f"{r['all']['stale']:,}",
             "stale share": f"{(r['all']['stale_fraction'] or 0):.2%}",
-            "age p50 (ms)": r["all"]["age_p50_ms"], "age max (ms)": r["all"]["age_max_ms"],
-            "writes": r["writes"]} for r in probe["rows"]]).set_index("case"))
+            "age p50 (ms)": _ms(r["all"]["age_p50_ms"]), "age max (ms)": _ms(r["all"]["age_max_ms"]),
+            "writes": f"{r['writes']:,}"} for r in probe["rows"]]).set_index("case"))
+        st.caption("A read is stale when a write of what it read was acknowledged before the read was sent "
+                   "and the answer lacks it; its age is how long before the send that write was acknowledged.")
     else:
         st.caption("No stale-read table yet: run `python manage.py stale_probe` to measure one.")
+
+
+def _ms(value) -> str:
+    return "\u2014" if value is None else f"{value:,.1f}"
+
+
+def _write_behind(status: dict) -> None:
+    """Write-behind's queue: what waits in the state Valkey stream, and what the flusher did."""
+    st.markdown("**Write-behind queue** (a stream in the `state` Valkey, applied by the `flusher` process)")
+    if "error" in status:
+        st.warning(f"Write-behind status unavailable: {status['error']}")
+        return
+    cols = st.columns(4)
+    cols[0].metric("Queued, not yet flushed", f"{status['depth']:,}")
+    cols[1].metric("Oldest waiting (s)", f"{status['lag_s']:.3f}")
+    cols[2].metric("State Valkey fsync", status["state_fsync"])
+    cols[3].metric("Flusher", "paused" if status["paused"] else status.get("flusher", {}).get("state", "\u2014"))
+    st.caption(f"Counted in the state Valkey: {status['queued']:,} queued, {status['flushed']:,} "
+               f"flushed, {status['rejected']:,} rejected (their user or post was deleted first), "
+               f"{status['fallback']:,} written synchronously because the state Valkey did not answer. With "
+               "fsync `off`, a crash of the state Valkey loses what is queued: "
+               "`python manage.py write_behind_loss` measures it.")

@@ -19,7 +19,8 @@ from conftest import free_port_base
 APP = Path(__file__).resolve().parents[1] / "lessons" / "app.py"
 METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "Answered by",
            "Replicas running", "Replication", "Strategy", "Shards", "Shards running",
-           "Application cache", "Invalidation", "L1", "Query cache"]
+           "Application cache", "Invalidation", "L1", "Query cache",
+           "Queued, not yet flushed", "Oldest waiting (s)", "State Valkey fsync", "Flusher"]
 LAG = "replay lag (ms, 100 ms resolution)"  # [lag] sample_interval_s = 0.1 in workbench/parameters.toml
 
 # A controller report as GET /status carries it (shape taken from a running stack with two
@@ -154,7 +155,9 @@ CACHE = {"cache": {"mode": "cache-aside", "invalidation": "events", "l1": True, 
                                "hit_ratio": 0.6, "server": {"keys": 12, "used_memory": 2**21, "maxmemory": 2**28,
                                                             "evicted_keys": 7, "expired_keys": 3}},
                     "query": {"title": "query cache", "counters": {}, "hit_ratio": None}},
-         "write_behind": None,
+         "write_behind": {"mode": "write-behind", "state_fsync": "always", "queued": 12, "flushed": 9,
+                          "rejected": 1, "fallback": 0, "depth": 2, "pending": 1, "lag_s": 0.25, "paused": False,
+                          "flusher": {"state": "running"}, "recent_rejections": []},
          "stale_probe": {"at": "2026-11-28T04:00:00+00:00", "rows": [
              {"case": "cache-aside, TTL only, TTL 5 s", "writes": 40,
               "all": {"reads": 200, "stale": 50, "stale_fraction": 0.25, "age_p50_ms": 900.0, "age_max_ms": 4800.0}}]}}
@@ -165,12 +168,15 @@ def test_status_page_shows_the_caching_layers(fake_stack):
     assert not at.exception, [e.value for e in at.exception]
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Application cache"], metrics["L1"], metrics["Query cache"]) == ("cache-aside", "on", "off")
+    assert (metrics["Queued, not yet flushed"], metrics["State Valkey fsync"], metrics["Flusher"]) == (
+        "2", "always", "running")
     layers = next(t.value for t in at.table if "hit ratio" in t.value.columns)
     assert layers.loc["per-process L1", "hit ratio"] == "75.0%"
     assert layers.loc["application cache", "evictions"] == 7  # the cache Valkey's evicted_keys
     assert layers.loc["query cache", "hit ratio"] == DASH
     stale = next(t.value for t in at.table if "stale share" in t.value.columns)
     assert stale.loc["cache-aside, TTL only, TTL 5 s", "stale share"] == "25.00%"
+    assert stale.loc["cache-aside, TTL only, TTL 5 s", "age max (ms)"] == "4,800.0"
     assert any("7 evicted" in c.value for c in at.caption)
     assert any("app-2, pid 42): 5 of 2,000 entries" in c.value for c in at.caption)
 

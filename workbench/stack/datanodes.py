@@ -133,7 +133,8 @@ class DataNodes:
         self.last_counts: dict[str, dict] = {}  # per node: connections, and on primaries users, posts
         self.last_report: nodes.Report | None = None
         self.last_pools: dict = {}
-        self.state.delete(stats.KEY, cache_metrics.KEY)  # counts start with the stack
+        # Counts start with the stack: queries per node and every caching layer's.
+        self.state.delete(stats.KEY, cache_metrics.KEY, cache_metrics.L1_KEY, cache_metrics.QUERY_KEY)
 
     # --- connections and what runs ---------------------------------------------------------------
     def _sql(self, node: str, sql: str, params=(), autocommit=True):
