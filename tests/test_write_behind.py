@@ -15,7 +15,7 @@ import redis
 import requests
 
 from conftest import ROOT, assert_problem, wait_for
-from api.caching import behind
+from api.caching import behind, metrics
 from workbench import topology
 
 
@@ -121,9 +121,18 @@ def test_a_flushed_write_moves_the_query_caches_generations(topology_admin, stat
     # first reads miss there; the query cache's own answer is what counts).
     wait_for(lambda: requests.get(url, timeout=10).headers["X-Query-Cache"] == "hit", timeout=15,
              what="the page's queries cached")
+    pause(state)
     created = requests.post(url, json={"title": "behind", "body": ""}, timeout=10)
     assert created.status_code == 201 and created.headers["X-Write-Behind"] == "queued"
+    time.sleep(0.6)  # the app workers' counts of earlier writes reach the state Valkey with their next request
+    for _ in range(4):
+        requests.get(url, timeout=10)
+    before = int(state.hget(metrics.QUERY_KEY, "invalidations") or 0)
+    resume(state)
     wait_for(lambda: drained(state), timeout=60, what="the queue drained")
+    # Only the flusher wrote since `before`: its own counts reach the state Valkey too.
+    wait_for(lambda: int(state.hget(metrics.QUERY_KEY, "invalidations") or 0) > before, timeout=10,
+             what="the flusher's query-cache invalidations counted")
     page = requests.get(url, timeout=10)
     assert [p["title"] for p in page.json()["data"]["results"]] == ["behind"], page.headers
     assert page.headers["X-Query-Cache"] != "hit"

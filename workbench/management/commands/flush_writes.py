@@ -16,7 +16,7 @@ import redis
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, close_old_connections
 
-from api import services
+from api import counters, services
 from api.caching import behind
 from api.caching import writes as cache
 from api.gateway.errors import Unavailable
@@ -64,7 +64,8 @@ class Command(BaseCommand):
             entries = self.read(client, ">", block_ms=BLOCK_MS if block else None)
         for entry_id, fields in entries:
             self.apply(client, entry_id.decode(), fields)
-        behind.COUNTERS.flush(force=True)
+        # Every counter set this process counted in: write-behind's, and the caches' invalidations.
+        counters.flush_all(force=True)
         return len(entries)
 
     @staticmethod
