@@ -29,7 +29,7 @@ PASSWORD = "correct-horse"
 RESHARD_TIMEOUT = 900      # events, not timings: moving the seeded users and starting three shards
 SETTLE_TIMEOUT = 240
 PLACEMENT_USERS = 16       # new users per strategy whose shard is checked on the stack
-EVENNESS_USERS = 400       # one at a time, through the API: real generator ids
+EVENNESS_USERS = 160       # one at a time, through the API: real generator ids (each pays a password hash)
 EVENNESS_PAUSE_S = 0.02    # between sign-ups: a low rate, so each id has its own millisecond
 # Chi-squared critical value at p = 0.001 for 3 degrees of freedom (4 shards): an even spread
 # exceeds it one time in a thousand (standard tables; scipy.stats.chi2.ppf(0.999, 3) = 16.266).
@@ -239,7 +239,7 @@ def chi_squared(counts: collections.Counter, n: int) -> float:
 
 @pytest.mark.parametrize("sharded", ["hash"], indirect=True)
 def test_real_ids_made_one_at_a_time_spread_evenly_under_hash_and_consistent(sharded, api_url):
-    """400 sign-ups, one at a time at a low rate, so their ids come from the app servers'
+    """EVENNESS_USERS sign-ups, one at a time at a low rate, so their ids come from the app servers'
     generators as a real trickle of sign-ups would make them. The spread of those ids under each
     pure strategy (shard_of), and on the stack under `hash` (rows counted on each shard)."""
     made = []
