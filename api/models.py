@@ -13,6 +13,8 @@ class User(models.Model):
     post_count = models.IntegerField(default=0)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
+    # The storage name of the current avatar blob (api.avatars), content-hashed; null: none.
+    avatar = models.CharField(max_length=200, null=True, blank=True)
 
     class Meta:
         db_table = "api_user"
@@ -126,3 +128,19 @@ class ReshardJob(models.Model):
 
     class Meta:
         db_table = "meta_reshard_job"
+
+
+class Outbox(models.Model):
+    """The read model's transactional outbox, on every shard (api/readmodel.py): one row per write
+    that changes a user's profile document, inserted in that write's own transaction, so a row
+    exists exactly when its write committed. The relay (`manage.py relay_outbox`) rebuilds the
+    user's document from PostgreSQL, then deletes the rows it covered. `committed_at` is
+    clock_timestamp() at the insert, the write's last statement: its commit time, near enough to
+    measure how stale the documents run."""
+    id = models.BigAutoField(primary_key=True)
+    user_id = models.BigIntegerField()
+    kind = models.CharField(max_length=16)
+    committed_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "rm_outbox"

@@ -13,7 +13,9 @@ The lock dies with the request's connection, so `accounts_reconcile` can tell a 
 of a SIGKILL leaves an orphan or a duplicate for longer than one reconcile pass.
 
 Each write of a user or post tells the application cache what it changed (api.caching.writes),
-once its transaction has committed, so every app server's cached copies are invalidated.
+once its transaction has committed, so every app server's cached copies are invalidated. With
+`read_model` on, each such write also inserts a row into the read model's outbox as the last
+statement of its own transaction (api/readmodel.py), which the relay turns into a new document.
 
 With `cache.mode` = `write-behind` (api/caching/behind.py), profile updates and post creates and
 updates are validated here, then queued instead of written; `flush_write` applies them later, in
@@ -33,7 +35,7 @@ from django.db import IntegrityError, connections
 from django.db.models import F, Q
 from django.utils import timezone
 
-from api import faults, selectors
+from api import faults, readmodel, selectors
 from api.caching import behind
 from api.caching import querycache
 from api.caching import writes as cache
@@ -129,6 +131,7 @@ def _insert_user(user_id: int, username: str, email: str, name: str, bio: str) -
         user = User.objects.create(id=user_id, username=username, email=email, name=name, bio=bio,
                                    post_count=0, created_at=now, updated_at=now)
         cache.user_changed(user_id)
+        readmodel.record(user_id, "sign-up")  # the read model's outbox, in this transaction
         return user
 
     try:
@@ -197,6 +200,7 @@ def _update_user_row(user_id: int, changes: dict) -> User:
             raise NotFound("user_id", f"No user {user_id}.")
         user = User.objects.get(id=user_id)
         cache.user_changed(user_id, user=user)  # runs once the transaction has committed
+        readmodel.record(user_id, "user")
         return user
 
     return placement.write(user_id, update)
@@ -219,6 +223,7 @@ def _delete_user_rows(user_id: int) -> None:
         Post.objects.filter(user_id=user_id)._raw_delete(db.write_alias())
         User.objects.filter(id=user_id)._raw_delete(db.write_alias())
         cache.user_changed(user_id, posts=True)
+        readmodel.record(user_id, "delete")
 
     placement.write(user_id, delete)
     placement.forget(user_id)
@@ -249,6 +254,7 @@ def post_create(*, user_id: int, title: str, body: str) -> Post:
         post = Post.objects.create(id=post_id, user_id=user_id, title=title, body=body,
                                    created_at=now, updated_at=now)
         cache.posts_changed(user_id, post_count=True)
+        readmodel.record(user_id, "post")
         return post
 
     try:
@@ -272,6 +278,7 @@ def post_update(*, user_id: int, post_id: int, changes: dict) -> Post:
             raise NotFound("post_id", f"No post {post_id} of user {user_id}.")
         post = Post.objects.get(id=post_id)
         cache.posts_changed(user_id, post_count=False)
+        readmodel.record(user_id, "post")
         return post
 
     return placement.write(user_id, update)
@@ -306,6 +313,7 @@ def post_delete(*, user_id: int, post_id: int) -> None:
             raise NotFound("post_id", f"No post {post_id} of user {user_id}.")
         User.objects.filter(id=user_id).update(post_count=F("post_count") - 1)
         cache.posts_changed(user_id, post_count=True)
+        readmodel.record(user_id, "post")
 
     placement.write(user_id, delete)
 
@@ -343,6 +351,7 @@ def _flushed(user_id: int, work, *, user: bool, posts: bool) -> str | None:
         why = work()
         if why is None:
             querycache.changed(user_id, user=user, posts=posts)
+            readmodel.record(user_id, "flush")
         return why
     return placement.write(user_id, run)
 

@@ -16,4 +16,5 @@ urlpatterns = [
     path("admin/nodes", admin.NodesView.as_view()),
     path("admin/shards", admin.ShardsView.as_view()),
     path("admin/cache", admin.CacheView.as_view()),
+    path("admin/readmodel", admin.ReadModelView.as_view()),
 ]

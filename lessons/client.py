@@ -48,6 +48,10 @@ class StackClient:
         """The admin cache API: each caching layer's counters, the cache Valkey, write-behind, stale reads."""
         return self._admin("cache")
 
+    def readmodel(self) -> dict:
+        """The admin read-model API: documents, outbox backlog per shard, staleness."""
+        return self._admin("readmodel")
+
     def _admin(self, name: str, params: dict | None = None) -> dict:
         try:
             response = self.session.get(f"{self.cfg.api_url}/api/v1/admin/{name}", params=params,

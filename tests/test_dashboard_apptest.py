@@ -20,7 +20,8 @@ APP = Path(__file__).resolve().parents[1] / "lessons" / "app.py"
 METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "Answered by",
            "Replicas running", "Replication", "Strategy", "Shards", "Shards running",
            "Application cache", "Invalidation", "L1", "Query cache",
-           "Queued, not yet flushed", "Oldest waiting (s)", "State Valkey fsync", "Flusher"]
+           "Queued, not yet flushed", "Oldest waiting (s)", "State Valkey fsync", "Flusher",
+           "Read model", "Documents", "Outbox pending", "Oldest pending", "Staleness p95"]
 LAG = "replay lag (ms, 100 ms resolution)"  # [lag] sample_interval_s = 0.1 in workbench/parameters.toml
 
 # A controller report as GET /status carries it (shape taken from a running stack with two
@@ -135,6 +136,8 @@ def fake_stack(monkeypatch):
                         else copy.deepcopy(SHARDS))
     monkeypatch.setattr(StackClient, "cache", lambda self: {"error": topo["error"]} if "error" in topo
                         else copy.deepcopy(CACHE))
+    monkeypatch.setattr(StackClient, "readmodel", lambda self: {"error": topo["error"]} if "error" in topo
+                        else copy.deepcopy(READ_MODEL))
     return topo
 
 
@@ -179,6 +182,24 @@ def test_status_page_shows_the_caching_layers(fake_stack):
     assert stale.loc["cache-aside, TTL only, TTL 5 s", "age max (ms)"] == "4,800.0"
     assert any("7 evicted" in c.value for c in at.caption)
     assert any("app-2, pid 42): 5 of 2,000 entries" in c.value for c in at.caption)
+
+
+READ_MODEL = {"read_model": True, "built": True, "documents": 1234, "latest_posts": 10,
+              "outbox": {"pending": 3, "oldest_pending_s": 0.25, "shards": [
+                  {"shard": 1, "pending": 3, "oldest_pending_s": 0.25}]},
+              "staleness_ms": {"samples": 500, "p50": 40.0, "p95": 120.5, "max": 900.0},
+              "relay": {"state": "running", "pid": "7"}, "counters": {"hit": 90, "miss": 10, "off": 0}}
+
+
+def test_status_page_shows_the_read_model(fake_stack):
+    at = run_page()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Read model" in [h.value for h in at.subheader]
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Read model"], metrics["Documents"], metrics["Outbox pending"]) == ("on", "1,234", "3")
+    assert (metrics["Oldest pending"], metrics["Staleness p95"]) == ("0.25 s", "120.5 ms")
+    assert any("p50 40.0 ms" in c.value and "Relay: running" in c.value and "90 hits" in c.value
+               for c in at.caption)
 
 
 def test_status_page_shows_replicas_and_pending_changes(fake_stack):

@@ -144,6 +144,10 @@ class Topology:
     indexes: Indexes = _group(Indexes)
     emulation: Emulation = _group(Emulation)
     cache: Cache = _group(Cache)
+    # The NoSQL read model (api/readmodel.py): a profile document per user (the user and their latest
+    # posts) in the `state` Valkey, kept up to date from a transactional outbox by the `relay`
+    # process; it serves GET /users/{id}?view=profile. Off: that view is built from SQL.
+    read_model: bool = _bool(False)
 
     @property
     def shard_groups(self) -> int:

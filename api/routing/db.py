@@ -33,7 +33,7 @@ from .shards import MAX_REPLICAS, MAX_SHARDS, display_name, parse_alias, primary
 
 log = logging.getLogger(__name__)
 
-DATA_MODELS = {"user", "post", "shardfence"}
+DATA_MODELS = {"user", "post", "shardfence", "outbox"}  # outbox: the read model's (api/readmodel.py)
 PRIMARY = "primary"          # shard 1's primary
 META = "default"
 PRIMARIES = [primary_alias(k) for k in range(1, MAX_SHARDS + 1)]

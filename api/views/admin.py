@@ -192,6 +192,22 @@ class CacheView(AdminView):
         return Response({"cache": topology.current().topology.to_dict()["cache"], **data})
 
 
+class ReadModelView(AdminView):
+    """The read model (api/readmodel.py): the `read_model` toggle, the outbox backlog per shard and
+    the age of its oldest pending row, staleness (DB commit to document update) p50/p95/max over the
+    latest document updates, how many documents exist, the relay's report, and hits and misses."""
+
+    @extend_schema(operation_id="admin_readmodel_get", responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        from api import readmodel
+        from api.state import state_client
+
+        try:
+            return Response(readmodel.status(state_client()))
+        except redis.RedisError as exc:
+            raise Unavailable(f"The state Valkey is unavailable: {type(exc).__name__}.") from None
+
+
 def _shard_summary(shard: int, replicas: int, report) -> dict:
     from api.routing.shards import primary_alias, replica_alias
 

@@ -2,17 +2,19 @@
 selector, and shape the answer; all logic lives in services.py and selectors.py."""
 import struct
 
+import redis
+
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from api import selectors, services
+from api import readmodel, selectors, services
 from api.caching import behind, reads
 from api.gateway.errors import FieldError
 from api.pagination import PageParams, encode_cursor, next_url, page_params, time_range
 from api.serializers import PostSearchResultSerializer, PostSerializer, UserSerializer, UserUpdateSerializer
 
-from .base import ApiView
+from .base import ApiView, CachedResponse
 
 LIST_PARAMS = [
     OpenApiParameter("limit", int, description="Page size, 1 to 100 (default 20)."),
@@ -51,11 +53,46 @@ class UserListView(ApiView):
                         headers={"Location": f"/api/v1/users/{user.id}", **behind.headers()})
 
 
+VIEWS = ("profile",)
+
+
 class UserDetailView(ApiView):
-    @extend_schema(operation_id="users_get", responses=UserSerializer)
+    @extend_schema(operation_id="users_get", responses=UserSerializer, parameters=[OpenApiParameter(
+        "view", str, enum=VIEWS, description=(
+            "`profile`: the user with their latest 10 posts, `{\"user\", \"latest_posts\"}`. With the "
+            "topology's `read_model` on it is the read model's document in the state Valkey "
+            "(`X-Read-Model: hit`, or `miss` when it was built from SQL just now; `X-Read-Model-Age-Ms` "
+            "says how long ago the document was written); with it off, it is built from SQL "
+            "(`X-Read-Model: off`)."))])
     def get(self, request, user_id):
+        view = request.query_params.get("view")
+        if view is not None:
+            if view not in VIEWS:
+                raise FieldError("view", f"Unknown view {view[:40]!r}; known: {', '.join(VIEWS)} "
+                                         "(or none, for the user alone).")
+            return self._profile(user_id)
         return self.cached(reads.user_entry(user_id),
                            lambda: UserSerializer(selectors.user_get(user_id=user_id)).data)
+
+    def _profile(self, user_id):
+        """GET /users/{id}?view=profile: from the read model when it is on (api/readmodel.py)."""
+        if not readmodel.enabled():
+            readmodel.COUNTERS.count("off")
+            return Response(readmodel.from_sql(user_id), headers={"X-Read-Model": "off"})
+        try:
+            found = readmodel.lookup(user_id)
+        except redis.RedisError:
+            readmodel.COUNTERS.count("down")  # the state Valkey is down: the SQL path answers
+            return Response(readmodel.from_sql(user_id), headers={"X-Read-Model": "down"})
+        if found is None:
+            readmodel.COUNTERS.count("miss")
+            return Response(readmodel.fill(user_id), headers={"X-Read-Model": "miss"})
+        data, etag, age_ms, as_of = found
+        readmodel.COUNTERS.count("hit")
+        response = CachedResponse(reads.Hit(etag, data))
+        response["X-Read-Model"] = "hit"
+        response["X-Read-Model-Age-Ms"] = f"{age_ms:.0f}"
+        return response
 
     @extend_schema(request=UserUpdateSerializer, responses=UserSerializer)
     def put(self, request, user_id):

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from lessons import caching, data_nodes, sharding
+from lessons import caching, data_nodes, readmodel, sharding
 from lessons.client import StackClient
 from workbench import parameters
 
@@ -131,6 +131,7 @@ def render():
     _data_nodes(state.get("data_nodes"), client.topology())
     sharding.render(client.shards())
     caching.render(client.cache())
+    readmodel.render(client.readmodel())
 
     st.subheader("Entry points")
     st.markdown(f"- API (through Caddy): `{state['api_url']}`  \n"

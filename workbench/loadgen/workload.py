@@ -115,7 +115,7 @@ class Workload:
         return asdict(self)
 
 
-READ_KINDS = ("user", "user_posts", "posts_range", "post", "users_page")
+READ_KINDS = ("user", "user_posts", "posts_range", "post", "users_page", "user_profile")
 WRITE_KINDS = ("create_post", "update_user", "update_post")
 
 
@@ -199,6 +199,8 @@ def next_request(w: Workload, keys: Keys | None, rng: random.Random, seq: int) -
         kind = _pick(rng, w.reads)
         if kind == "user":
             return kind, "GET", f"/api/v1/users/{keys.user(rng)}", None
+        if kind == "user_profile":  # the user and their latest posts (the read model, when it is on)
+            return kind, "GET", f"/api/v1/users/{keys.user(rng)}?view=profile", None
         if kind == "users_page":
             return kind, "GET", "/api/v1/users?limit=20", None
         if kind == "user_posts":

@@ -64,6 +64,14 @@ def flusher(cfg: StackConfig) -> ProcessSpec:
                        argv=argv, cwd=PROJECT_DIR, env=stack_env(cfg), health=lambda: True)
 
 
+def relay(cfg: StackConfig) -> ProcessSpec:
+    """The read model's relay (api/readmodel.py): turns each shard's outbox rows into profile
+    documents in the state Valkey. Runs whatever `read_model` says: it drains what is left."""
+    argv = [sys.executable, str(PROJECT_DIR / "manage.py"), "relay_outbox", "--loop"]
+    return ProcessSpec(name="relay", role="worker", port=0, log_file=cfg.log_dir / "relay.log",
+                       argv=argv, cwd=PROJECT_DIR, env=stack_env(cfg), health=lambda: True)
+
+
 def dashboard(cfg: StackConfig) -> ProcessSpec:
     port = cfg.dashboard_port
     argv = [sys.executable, "-m", "streamlit", "run", str(PROJECT_DIR / "lessons" / "app.py"),

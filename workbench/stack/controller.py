@@ -90,6 +90,7 @@ class Controller:
             self._start(apps.app_server(cfg, i))
         self._start(apps.reconciler(cfg))
         self._start(apps.flusher(cfg))
+        self._start(apps.relay(cfg))
         self._start(caddy.spec(cfg))
         self._start(apps.dashboard(cfg))
         threading.Thread(target=self.data_nodes.apply_forever, daemon=True).start()

@@ -9,6 +9,8 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
                each shard count is reached by an online reshard, which is recorded too
   querycache   the database query cache off vs on (application cache off), the caching lesson's
                95/5 Zipf mix, emulation off and on (RTT sweep), with the X-Query-Cache shares
+  readmodel    GET /users/{id}?view=profile from the read model (Valkey documents) vs the SQL path, 95/5,
+               with the documents' staleness (commit to document update) from the admin endpoint
   fastpath     cached GET /users/{id} (Valkey, and Valkey + L1) against the bare Django JSON view,
                both through Caddy, with where each response's time went (Server-Timing)
 
@@ -40,6 +42,9 @@ CACHED_MIX = {"read_ratio": 0.95, "popularity": "zipf", "zipf_s": 1.1, "reads": 
 # (its first reads are misses; the table shows the X-Cache shares the runs got).
 HOT_READS = {"read_ratio": 1.0, "reads": {"user": 1}, "hot_keys": 200}
 BARE_VIEW = {"path": "/healthz"}
+# The read model's workload: 95% GET /users/{id}?view=profile (the user and their latest 10 posts),
+# 5% writes (each of which the relay turns into a new document), Zipf popularity.
+PROFILE_MIX = {"read_ratio": 0.95, "popularity": "zipf", "zipf_s": 1.1, "reads": {"user_profile": 1}}
 SHARD_COUNTS = (1, 2, 4)
 PLACEMENT = ("sharding", "shards")
 CPU_SATURATED = 95.0  # mean % of all cores over a run: the shared CPU, not an emulated node, set the pace
@@ -84,6 +89,13 @@ def suites(strategy: str = "hash") -> dict:
                   ("GET /users/{id}, cache-aside (Valkey)", {"cache": hits}),
                   ("GET /users/{id}, cache-aside + L1", {"cache": {**hits, "l1": True, "l1_ttl_ms": 60_000}})]
     return {
+        "readmodel": ("Read model: profile documents in Valkey vs the SQL path",
+                      "95% GET /users/{id}?view=profile (the user and their latest 10 posts), 5% writes (posts, "
+                      "profile updates), Zipf popularity (s = 1.1) over the seeded users, 0 replicas, application "
+                      "cache off; `read_model` off builds each profile from SQL (two queries in one snapshot), on "
+                      "reads the document the relay keeps in the state Valkey",
+                      PROFILE_MIX, [("profile from SQL (read_model off)", {"read_model": False}),
+                                    ("profile from the read model (read_model on)", {"read_model": True})]),
         "fastpath": ("Caching: the fast path against the bare Django view",
                      "GET /users/{id} over a hot set of 200 users (uniform), reads only, 0 replicas, emulation "
                      "off; the bare view is `/healthz`, a plain Django JsonResponse with no database, no cache "
@@ -151,6 +163,8 @@ class Command(BaseCommand):
                         if placement:
                             self.place(topo, placement)
                         time.sleep(topology.REFRESH_S + 0.2)  # every app worker runs the case's topology
+                        if change.get("read_model"):
+                            readmodel_ready()
                         closed, opened = runs.closed_and_open(own[0] if own else workload, o,
                                                               f"bench {o['suite']} {label} #{rep + 1}")
                         row = table[label]
@@ -161,6 +175,8 @@ class Command(BaseCommand):
                         row.setdefault("errors", []).append(closed["summary"]["error_count"] +
                                                             opened["summary"]["error_count"])
                         row.setdefault("requests", []).append(closed["summary"]["sent"] + opened["summary"]["sent"])
+                        if o["suite"] == "readmodel":
+                            row.setdefault("readmodel", []).append(readmodel_status())
                         spread = "/".join(f"{v:.0%}" for v in shard_shares(closed).values())
                         self.stdout.write(f"  #{rep + 1} {label}: {closed['summary']['achieved_rps']} req/s closed "
                                           f"(CPU {cpu_mean(closed)}%, by shard {spread or '-'}); "
@@ -182,6 +198,8 @@ class Command(BaseCommand):
             text = render_querycache(cfg, o, what, table)
         elif o["suite"] == "fastpath":
             text = render_fastpath(cfg, o, what, table)
+        elif o["suite"] == "readmodel":
+            text = render_readmodel(cfg, o, what, table)
         else:
             text = render(cfg, o, heading, what, table)
         self.stdout.write(text)
@@ -292,6 +310,112 @@ def render_fastpath(cfg, o, what, table) -> str:
               "not touch counts as 0). What `app` has beyond the other parts is Python in the view: the "
               "framework, routing and, on a miss, the serializer. The bare view sends no X-Cache part of its own "
               "beyond the gateway's `off`/`bypass`.",
+              "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+    return "\n".join(lines)
+
+
+def readmodel_ready(timeout: float = 600.0) -> None:
+    """After switching `read_model` on: wait for the relay's full rebuild, then reset the staleness
+    samples so the case's figures are its own."""
+    from api import readmodel
+    from api.state import state_client
+    client = state_client()
+    deadline = time.monotonic() + timeout
+    while not client.exists(readmodel.BUILT):
+        if time.monotonic() > deadline:
+            raise CommandError(f"the relay did not rebuild the read model within {timeout:.0f} s; see logs/relay.log")
+        time.sleep(0.5)
+    client.delete(readmodel.STALENESS)
+
+
+def readmodel_status() -> dict:
+    """What GET /api/v1/admin/readmodel says right after a run: staleness over the run's document
+    updates, the outbox left, the documents."""
+    from api import readmodel
+    return readmodel.status()
+
+
+def render_readmodel(cfg, o, what, table) -> str:
+    """The read model against the SQL path, in the same repetitions, with what X-Read-Model said and
+    the staleness the admin endpoint measured over each on-run's document updates."""
+    lines = _preamble(cfg, o, what) + [
+        "| case | throughput (req/s) | vs SQL path | p50 (ms) | p95 (ms) | p95 vs SQL path | X-Read-Model (closed "
+        "runs) | staleness p50 / p95 / max (ms) | outbox left after the run | CPU, closed run | runs valid |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = table[next(iter(table))]
+    for label, row in table.items():
+        stale = "-"
+        left = "-"
+        if "read_model on" in label and row.get("readmodel"):
+            figures = [r["staleness_ms"] for r in row["readmodel"]]
+            stale = " / ".join(f"{_median([f[k] for f in figures if f[k] is not None]) or 0:,.1f}"
+                               for k in ("p50", "p95", "max"))
+            left = f"{_median([r['outbox']['pending'] for r in row['readmodel']]) or 0:,.0f}"
+        lines.append(f"| {label} | {_versus(row, base)} | {_shares(_said(row, 'X-Read-Model'))} | {stale} | {left} | "
+                     f"{_cpu_cell(row)} | {sum(row['valid'])}/{len(row['valid'])} |")
+    lines += ["", "Staleness is the time from a write's commit (its outbox row's `clock_timestamp()`) to the relay's "
+              "write of the document that shows it, over every document update of the repetition's closed and open "
+              "runs (the admin endpoint's samples, reset before each on-case). Switching `read_model` on makes the "
+              "relay rebuild every document first; the suite waits for that before measuring.",
+              f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run.",
+              "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+    return "\n".join(lines)
+
+
+NODE_LOST = "cache_nodes=3, one node SIGKILLed mid-run"
+LOST_NODE = "valkey-cache-2"
+
+
+def node_lost_pair(cfg, runs: RunClient, workload: dict, o: dict, label: str) -> tuple[dict, dict]:
+    """The closed and the open run of the node-loss case: each SIGKILLs LOST_NODE 40% into the run
+    (once the controller has it healthy again after the previous kill)."""
+    closed = _with_node_lost(cfg, runs, {**workload, "mode": "closed", "connections": o["connections"],
+                                         "duration_s": o["duration"]}, f"{label} closed", o["duration"])
+    opened = _with_node_lost(cfg, runs, {**workload, "mode": "open", "rate": o["rate"], "duration_s": o["duration"]},
+                             f"{label} open", o["duration"])
+    return closed, opened
+
+
+def _with_node_lost(cfg, runs: RunClient, workload: dict, label: str, duration: float) -> dict:
+    import os
+    import signal
+
+    from workbench.stack import launcher
+    deadline = time.monotonic() + 60
+    while not (node := _process(launcher.status(cfg), LOST_NODE)) or not node["healthy"]:
+        if time.monotonic() > deadline:
+            raise CommandError(f"{LOST_NODE} is not running healthy (is cache_nodes 3?)")
+        time.sleep(0.2)
+    run_id = runs.start(workload, label)
+    time.sleep(0.5 + 0.4 * duration)  # the run's process starts, then 40% of its duration
+    os.kill(node["pid"], signal.SIGKILL)
+    return runs.wait(run_id)
+
+
+def _process(status: dict | None, name: str) -> dict | None:
+    return next((p for p in (status or {}).get("processes", []) if p["name"] == name), None)
+
+
+def render_cachenodes(cfg, o, what, table) -> str:
+    """1 node vs 3 in the same repetitions, with what X-Cache said and the errors of each case."""
+    lines = _preamble(cfg, o, what) + [
+        "| case | throughput (req/s) | vs cache_nodes=1 | p50 (ms) | p95 (ms) | p95 vs cache_nodes=1 | "
+        "X-Cache (closed runs) | errors / requests | CPU, closed run | runs valid |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = table[next(iter(table))]
+    for label, row in table.items():
+        lines.append(f"| {label} | {_versus(row, base)} | {_shares(_said(row, 'X-Cache'))} | "
+                     f"{sum(row['errors']):,} / {sum(row['requests']):,} | {_cpu_cell(row)} | "
+                     f"{sum(row['valid'])}/{len(row['valid'])} |")
+    lines += ["", "With a node lost, the reads of its slots say X-Cache `down` (served from the database) until "
+              "the controller has restarted it and each app worker's breaker for that node has closed again "
+              "(api/caching/valkey.py); the restarted node is empty, so its slots then miss and refill. "
+              "The cluster's nodes share the same 2 cores as everything else (shared-CPU figures).",
+              f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run.",
               "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
               "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
     return "\n".join(lines)
