@@ -227,6 +227,8 @@ def _delete_user_rows(user_id: int) -> None:
 
     placement.write(user_id, delete)
     placement.forget(user_id)
+    from api import avatars  # (it imports this module)
+    avatars.delete_user_blobs(user_id)  # committed: a blob that fails to go is an orphan, not an error
 
 
 def post_create(*, user_id: int, title: str, body: str) -> Post:

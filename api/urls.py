@@ -1,13 +1,14 @@
 from django.urls import path, register_converter
 
 from api.converters import Int64Converter
-from api.views import admin, v1
+from api.views import admin, avatar, v1
 
 register_converter(Int64Converter, "id64")
 
 urlpatterns = [
     path("users", v1.UserListView.as_view()),
     path("users/<id64:user_id>", v1.UserDetailView.as_view()),
+    path("users/<id64:user_id>/avatar", avatar.AvatarView.as_view()),
     path("users/<id64:user_id>/posts", v1.PostListView.as_view()),
     path("users/<id64:user_id>/posts/<id64:post_id>", v1.PostDetailView.as_view()),
     path("search/posts", v1.PostSearchView.as_view()),

@@ -59,9 +59,13 @@ def render(data: dict) -> None:
     if "error" in server:
         st.warning(f"The cache Valkey did not answer: {server['error']} (reads go to the database: X-Cache `down`).")
     else:
-        st.caption(f"Cache Valkey: {server['keys']:,} keys, {server['used_memory'] / 2**20:.1f} MiB used of "
+        what = (f"Cache Valkey Cluster ({server['cache_nodes']} nodes)" if server.get("cache_nodes", 1) > 1
+                else "Cache Valkey")
+        st.caption(f"{what}: {server['keys']:,} keys, {server['used_memory'] / 2**20:.1f} MiB used of "
                    f"{server['maxmemory'] / 2**20:.0f} MiB (allkeys-lru), {server['evicted_keys']:,} evicted, "
                    f"{server['expired_keys']:,} expired. Counters since the stack started, over every app server.")
+    if len(server.get("nodes") or []) > 1:
+        _cluster_nodes(server["nodes"])
     behind = data.get("write_behind")
     if behind:
         _write_behind(behind)
@@ -77,6 +81,28 @@ def render(data: dict) -> None:
                    "and the answer lacks it; its age is how long before the send that write was acknowledged.")
     else:
         st.caption("No stale-read table yet: run `python manage.py stale_probe` to measure one.")
+
+
+def _cluster_nodes(nodes: list[dict]) -> None:
+    """Per node of the cache cluster: each owns an even share of the slots, so keys and hits should
+    spread evenly; a node that is down shows as DOWN (its slots' reads are misses meanwhile)."""
+    rows = []
+    for n in nodes:
+        if "error" in n:
+            rows.append({"node": n["node"], "port": str(n["port"]), "health": "DOWN", "keys": DASH, "memory (MiB)": DASH,
+                         "hits": DASH, "misses": DASH, "hit ratio": DASH, "evicted": DASH})
+            continue
+        ratio = n.get("hit_ratio")
+        rows.append({"node": n["node"], "port": str(n["port"]), "health": "up", "keys": f"{n['keys']:,}",
+                     "memory (MiB)": f"{(n.get('used_memory') or 0) / 2**20:.1f}",
+                     "hits": f"{n.get('keyspace_hits') or 0:,}", "misses": f"{n.get('keyspace_misses') or 0:,}",
+                     "hit ratio": DASH if ratio is None else f"{ratio:.1%}", "evicted": f"{n.get('evicted_keys') or 0:,}"})
+    st.markdown("**Cache cluster nodes** (Valkey's own INFO per node: every key lookup, found or not, since the "
+                "node started; shared CPU on one machine)")
+    st.table(pd.DataFrame(rows).set_index("node"))
+
+
+DASH = "\u2014"
 
 
 def _ms(value) -> str:

@@ -155,8 +155,18 @@ CACHE = {"cache": {"mode": "cache-aside", "invalidation": "events", "l1": True, 
                            "hit_ratio": 0.75, "this_process": {"app_server": "app-2", "pid": 42, "size": 5,
                                                                 "capacity": 2000, "connected": True}},
                     "valkey": {"title": "application cache", "counters": {"hits": 6, "misses": 4, "fills": 4},
-                               "hit_ratio": 0.6, "server": {"keys": 12, "used_memory": 2**21, "maxmemory": 2**28,
-                                                            "evicted_keys": 7, "expired_keys": 3}},
+                               "hit_ratio": 0.6, "server": {
+                                   "keys": 12, "used_memory": 2**21, "maxmemory": 2**28, "evicted_keys": 7,
+                                   "expired_keys": 3, "keyspace_hits": 9, "keyspace_misses": 3, "cache_nodes": 3,
+                                   "nodes_down": 1, "nodes": [
+                                       {"node": "valkey-cache-1", "port": 41611, "keys": 5, "used_memory": 2**20,
+                                        "maxmemory": 2**27, "evicted_keys": 3, "expired_keys": 1,
+                                        "keyspace_hits": 6, "keyspace_misses": 2, "hit_ratio": 0.75},
+                                       {"node": "valkey-cache-2", "port": 41612, "keys": 7, "used_memory": 2**20,
+                                        "maxmemory": 2**27, "evicted_keys": 4, "expired_keys": 2,
+                                        "keyspace_hits": 3, "keyspace_misses": 1, "hit_ratio": 0.75},
+                                       {"node": "valkey-cache-3", "port": 41613,
+                                        "error": "ConnectionError: refused"}]}},
                     "query": {"title": "query cache", "counters": {}, "hit_ratio": None}},
          "write_behind": {"mode": "write-behind", "state_fsync": "always", "queued": 12, "flushed": 9,
                           "rejected": 1, "fallback": 0, "depth": 2, "pending": 1, "lag_s": 0.25, "paused": False,
@@ -182,6 +192,10 @@ def test_status_page_shows_the_caching_layers(fake_stack):
     assert stale.loc["cache-aside, TTL only, TTL 5 s", "age max (ms)"] == "4,800.0"
     assert any("7 evicted" in c.value for c in at.caption)
     assert any("app-2, pid 42): 5 of 2,000 entries" in c.value for c in at.caption)
+    assert any("Cluster (3 nodes)" in c.value for c in at.caption)
+    cluster = next(t.value for t in at.table if "memory (MiB)" in t.value.columns)
+    assert cluster.loc["valkey-cache-1", "hit ratio"] == "75.0%" and cluster.loc["valkey-cache-2", "keys"] == "7"
+    assert cluster.loc["valkey-cache-3", "health"] == "DOWN"
 
 
 READ_MODEL = {"read_model": True, "built": True, "documents": 1234, "latest_posts": 10,

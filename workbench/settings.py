@@ -114,6 +114,45 @@ VALKEY_STATE_URL = STACK.state_url
 MAX_BODY_BYTES = env.int("WORKBENCH_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 
+# Avatars (api.avatars): an image body up to 2 MB, and at most this many pixels once decoded.
+AVATAR_MAX_BYTES = 2 * 1024 * 1024
+AVATAR_MAX_PIXELS = env.int("WORKBENCH_AVATAR_MAX_PIXELS", default=4096 * 4096)
+
+# Blobs go through Django's storage API. By default they are files under the data directory, which
+# Caddy serves at /media/ (workbench/stack/caddy.py). External mode: with WORKBENCH_S3_BUCKET set,
+# the `avatars` storage is any S3-compatible service (django-storages' S3 backend).
+MEDIA_ROOT = STACK.media_dir
+MEDIA_URL = "/media/"
+
+
+def _avatar_storage() -> dict:
+    bucket = env.str("WORKBENCH_S3_BUCKET", default="")
+    if not bucket:
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    public_url = env.str("WORKBENCH_S3_PUBLIC_URL", default="")  # a CDN or public bucket host
+    options = {
+        "bucket_name": bucket,
+        "endpoint_url": env.str("WORKBENCH_S3_ENDPOINT_URL", default="") or None,
+        "region_name": env.str("WORKBENCH_S3_REGION", default="") or None,
+        "access_key": env.str("WORKBENCH_S3_ACCESS_KEY_ID", default="") or None,
+        "secret_key": env.str("WORKBENCH_S3_SECRET_ACCESS_KEY", default="") or None,
+        # Names are content-hashed: an object never changes, so every cache may keep it.
+        "object_parameters": {"CacheControl": "public, max-age=31536000, immutable"},
+        "file_overwrite": True,
+    }
+    if public_url:
+        options.update(custom_domain=public_url.removeprefix("https://").removeprefix("http://").rstrip("/"),
+                       url_protocol="https:" if not public_url.startswith("http://") else "http:",
+                       querystring_auth=False)
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "avatars": _avatar_storage(),
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["api.gateway.envelope.EnvelopeRenderer"],
     "DEFAULT_PARSER_CLASSES": ["api.gateway.parsers.StrictJSONParser"],

@@ -35,7 +35,7 @@ PLACEMENT_FIELDS = ("sharding", "shards", "reshard_shards")
 # What the controller carries out (processes, server settings, DDL). Until what runs matches the
 # topology, each such field is reported as pending, with what runs now.
 CONTROLLED_FIELDS = ("shard_groups", "replicas", "replication", "replica_delays_ms", "indexes.post_user_time", "pgbouncer",
-                     "app_servers", "cache.state_fsync")
+                     "app_servers", "cache.state_fsync", "cache_nodes")
 # Recorded but not carried out by any controller code yet (the load-balancer issue starts app servers).
 NOT_CARRIED_OUT = {"app_servers"}
 
@@ -144,6 +144,10 @@ class Topology:
     indexes: Indexes = _group(Indexes)
     emulation: Emulation = _group(Emulation)
     cache: Cache = _group(Cache)
+    # The `cache` role's nodes: 1, the single `valkey-cache`; 3 or 6, a Valkey Cluster of that many
+    # masters the controller runs (workbench/stack/cachecluster.py), used through a cluster-aware
+    # client (api/caching/valkey.py).
+    cache_nodes: int = _choice(1, 1, 3, 6)
     # The NoSQL read model (api/readmodel.py): a profile document per user (the user and their latest
     # posts) in the `state` Valkey, kept up to date from a transactional outbox by the `relay`
     # process; it serves GET /users/{id}?view=profile. Off: that view is built from SQL.
@@ -178,7 +182,8 @@ class Topology:
         return {"shard_groups": self.shard_groups, "replicas": self.replicas, "replication": self.replication,
                 "replica_delays_ms": self.replica_delays_ms(),
                 "indexes.post_user_time": self.indexes.post_user_time, "pgbouncer": self.pgbouncer,
-                "app_servers": self.app_servers, "cache.state_fsync": self.cache.state_fsync}
+                "app_servers": self.app_servers, "cache.state_fsync": self.cache.state_fsync,
+                "cache_nodes": self.cache_nodes}
 
 
 class TopologyError(ValueError):
@@ -202,8 +207,9 @@ def _check(meta: dict, value, name: str, errors: list):
             errors.append((name, f"must be true or false, not {_show(value)}"))
         return value
     if kind == "choice":
-        if value not in meta["choices"]:
-            errors.append((name, f"must be one of {', '.join(meta['choices'])}, not {_show(value)}"))
+        # Of the same type too: `true` is not the choice 1, nor 3.0 the choice 3.
+        if not any(value == c and type(value) is type(c) for c in meta["choices"]):
+            errors.append((name, f"must be one of {', '.join(map(str, meta['choices']))}, not {_show(value)}"))
         return value
     # bool is an int in Python, but `true` is not a number in a topology.
     number = isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -149,7 +149,7 @@ def put_user(user) -> None:
     keeps database reads from filling, must not turn this put into a delete; the put sets its own."""
     from . import keys, valkey, writes
     try:
-        valkey.run(lambda c: c.delete(keys.tombstone(user.id)))
+        valkey.run(lambda c: c.delete(keys.tombstone(user.id)), key=keys.tombstone(user.id))
     except valkey.Down:
         pass  # invalidate() below remembers the user's entry for a retry
     writes.invalidate(user.id, user=user, user_entry=True, posts=False)

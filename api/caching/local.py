@@ -32,6 +32,11 @@ index by user id). The TTL bounds the staleness if a message is nevertheless los
   was invalidated since, or which spans a reconnection, is dropped. Otherwise a message arriving
   between a reader's Valkey (or database) read and its put would be lost on that reader, and the
   old data served for a whole TTL. A message arriving after the put drops it as usual.
+- With a cache cluster (`cache_nodes` 3 or 6) the subscriber connects to one node: a cluster
+  broadcasts every PUBLISH to all its nodes (the writes' script publishes on whichever node owns the
+  user's slot). A dead node is a lost subscription like any other: the next attempt goes to the
+  next node. When `cache_nodes` changes, the subscriber subscribes again on the cache now in use
+  (clearing the L1, as at every reconnection).
 - Delivery is asynchronous: another server's L1 may still answer the old data for the moment it
   takes the message to arrive (milliseconds on one machine), which the Valkey cache alone does not
   do (its invalidation is done before the write answers).
@@ -245,10 +250,17 @@ def _start(s: _State) -> None:
         s.thread.start()
 
 
-def _cache_url() -> str:
-    from django.conf import settings
-    location = settings.CACHES["default"]["LOCATION"]
-    return location[0] if isinstance(location, (list, tuple)) else location
+class _Moved(Exception):
+    """The topology's `cache_nodes` changed: subscribe again, on the cache now in use."""
+
+
+def _subscription_url(n: int, attempt: int) -> str:
+    """Where to subscribe: the single cache, or one node of the cluster. A cluster broadcasts every
+    PUBLISH to all its nodes, so any node hears every invalidation; processes spread over the nodes
+    (by pid), and each failed attempt moves on to the next node, so a dead node is left at once."""
+    from . import valkey
+    urls = valkey.node_urls(n)
+    return urls[(os.getpid() + attempt) % len(urls)]
 
 
 def _connected(s: _State, up: bool) -> None:
@@ -262,11 +274,14 @@ def _connected(s: _State, up: bool) -> None:
 
 def _subscribe_forever(s: _State) -> None:
     delay = BACKOFF_S[0]
+    attempt = 0
     while s is _state:
         pubsub = None
+        moved = False
         try:
+            n = topology.current().topology.cache_nodes
             client = redis.Redis.from_url(
-                _cache_url(), socket_connect_timeout=0.25, socket_timeout=SILENT_S,
+                _subscription_url(n, attempt), socket_connect_timeout=0.25, socket_timeout=SILENT_S,
                 retry=Retry(NoBackoff(), 0))
             pubsub = client.pubsub()
             pubsub.subscribe(keys.L1_CHANNEL)
@@ -290,15 +305,25 @@ def _subscribe_forever(s: _State) -> None:
                 if now - max(s.heard_at, pinged_at) >= PING_S:
                     pubsub.ping()
                     pinged_at = now
+                if topology.current().topology.cache_nodes != n:
+                    raise _Moved()
+        except _Moved:
+            # Messages published on the other cache were not heard: clear, and subscribe anew at once.
+            log.info("L1 invalidations: the cache changed (cache_nodes), subscribing again (pid %s)", s.pid)
+            _connected(s, False)
+            moved, delay = True, BACKOFF_S[0]
         except Exception as exc:  # noqa: BLE001 - never dies: stop serving, back off, reconnect
             if s.connected:
                 log.warning("L1 invalidations lost (pid %s), not serving until resubscribed: %s", s.pid, exc)
             _connected(s, False)
+            attempt += 1  # in a cluster: the next node
         finally:
             if pubsub is not None:
                 try:
                     pubsub.close()
                 except Exception:  # noqa: BLE001
                     pass
+        if moved:
+            continue
         time.sleep(delay * random.uniform(0.5, 1.0))
         delay = min(delay * 2, BACKOFF_S[1])

@@ -52,8 +52,8 @@ never match a generation that was lost and recreated. All of one owner's keys sh
 `{q:SHARD:USER}`, so each script touches one Valkey Cluster slot.
 
 The cache failing: every call is guarded like the application cache's (api.caching.valkey): a
-Valkey error, or the breaker being open (this layer's, or the application cache's), sends the read
-to the database; a bump that fails is remembered in this process and done again once the cache
+Valkey error, or the breaker of the key's node being open (this layer's, or the application
+cache's; per node when the cache is a cluster), sends the read to the database; a bump that fails is remembered in this process and done again once the cache
 answers (`retry_pending`), and meanwhile this process does not use that owner's entries. Another
 process does not know about it: an entry written before a failed bump can be served by another
 app server until the writer retries (its next request) or the entry's TTL. A process killed between
@@ -76,7 +76,6 @@ import pickle
 import threading
 import time
 
-import redis
 from django.db import connections, transaction
 from django.db.models.query import MAX_GET_RESULTS, ModelIterable
 
@@ -162,27 +161,15 @@ def entry_key(shard: int, owner: int, text: str) -> str:
 
 
 # --- the guarded call --------------------------------------------------------------------------------
-_breaker_lock = threading.Lock()
-_down_until = 0.0
+_breaker = valkey.Breaker("query cache")  # per node, as the application cache's (api.caching.valkey)
 
 
-def _run(op):
+def _run(op, key: str):
     """`op(client)`'s result, timed into this request's `qcache` part; raises valkey.Down when
-    the cache failed now or moments ago (this layer's breaker, or the application cache's)."""
-    global _down_until
-    if time.monotonic() < _down_until or not valkey.available():
-        metrics.QUERY.count("skipped_down")
-        raise valkey.Down("the cache failed moments ago")
+    the node owning `key` failed now or moments ago (this layer's breaker, or the application cache's)."""
     started = time.perf_counter()
     try:
-        return op(valkey.client())
-    except redis.RedisError as exc:
-        with _breaker_lock:
-            if time.monotonic() >= _down_until:
-                log.warning("query cache call failed; skipping it for %.1f s: %s", valkey.BREAKER_S, exc)
-            _down_until = time.monotonic() + valkey.BREAKER_S
-        metrics.QUERY.count("errors")
-        raise valkey.Down(str(exc)) from exc
+        return valkey.guarded(op, key, _breaker, metrics.QUERY.count)
     finally:
         state = request.current()
         if state is not None:
@@ -254,7 +241,7 @@ def _fetch(qs, owner: int, kind: str, evaluate):
     generations = [generation_key(shard, owner, table) for table in tables]
     try:
         found = _run(lambda c: valkey.script(_LOOKUP)(keys=[entry, *generations], args=[GENERATION_TTL_MS],
-                                                      client=c))
+                                                      client=c), entry)
     except valkey.Down:
         _mark("down")
         return evaluate(qs)
@@ -277,7 +264,7 @@ def _fetch(qs, owner: int, kind: str, evaluate):
         filled = _run(lambda c: valkey.script(_FILL)(
             keys=[entry, *generations, tombstone_key(shard, owner)],
             args=[stamp, payload, topology.current().topology.cache.query_ttl_s * 1000,
-                  "1" if alias in db.REPLICAS else "0"], client=c))
+                  "1" if alias in db.REPLICAS else "0"], client=c), entry)
     except valkey.Down:
         return value
     metrics.QUERY.count("fills" if filled == 1 else "fills_skipped")
@@ -326,7 +313,7 @@ def bump(shard: int, owner: int, tables) -> bool:
     keys = [generation_key(shard, owner, table) for table in sorted(tables)] + [tombstone_key(shard, owner)]
     try:
         _run(lambda c: valkey.script(_BUMP)(
-            keys=keys, args=[GENERATION_TTL_MS, int(t.max_lag_ms) + TOMBSTONE_MARGIN_MS], client=c))
+            keys=keys, args=[GENERATION_TTL_MS, int(t.max_lag_ms) + TOMBSTONE_MARGIN_MS], client=c), keys[0])
     except Exception as exc:  # noqa: BLE001 - valkey.Down, or anything else: retried later
         if not isinstance(exc, valkey.Down):
             log.exception("query cache bump of user %s on shard %s failed", owner, shard)
@@ -346,13 +333,22 @@ def _remember(shard: int, owner: int, tables) -> None:
 
 def retry_pending() -> None:
     """Bumps that failed while the cache was down, done again once it may answer."""
-    if not _pending or time.monotonic() < _down_until or not valkey.available():
+    if not _pending or _breaker.is_open(valkey.ALL) or not valkey.available():
         return
     with _pending_lock:
         todo = list(_pending.items())
         _pending.clear()
-    for i, ((shard, owner), tables) in enumerate(todo):
-        if not bump(shard, owner, tables):  # failed again: remembered again, and so are the rest
-            for (rest_shard, rest_owner), rest_tables in todo[i + 1:]:
-                _remember(rest_shard, rest_owner, rest_tables)
-            return
+    # Per node: those whose node is being skipped stay remembered without a round trip.
+    for (shard, owner), tables in todo:
+        key = tombstone_key(shard, owner)
+        if valkey.available(key) and not _breaker.is_open(_node(key)):
+            bump(shard, owner, tables)  # remembers them again if it fails
+        else:
+            _remember(shard, owner, tables)
+
+
+def _node(key: str) -> str:
+    try:
+        return valkey.node_of(valkey.client(), key)
+    except valkey.FAILURES:
+        return valkey.ALL

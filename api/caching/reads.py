@@ -125,7 +125,7 @@ def posts_entry(user_id: int, query: str) -> Entry | None:
     if version is None:
         try:
             version = int(valkey.run(lambda c: valkey.script(_NAMESPACE)(
-                keys=[namespace], args=[now_us(), NAMESPACE_TTL_MS], client=c)))
+                keys=[namespace], args=[now_us(), NAMESPACE_TTL_MS], client=c), key=namespace))
         except valkey.Down:
             return None
         local.put(namespace, user_id, version, ticket, count=False)
@@ -149,7 +149,7 @@ def lookup(entry: Entry) -> Hit | None:
     try:
         raw = valkey.run(lambda c: valkey.script(_LOOKUP)(
             keys=[entry.key, keys.tombstone(entry.user_id), lock_key],
-            args=[token, LOCK_MS, "1" if single else "0"], client=c))
+            args=[token, LOCK_MS, "1" if single else "0"], client=c), key=entry.key)
     except valkey.Down:
         return None
     if isinstance(raw, bytes):
@@ -179,7 +179,7 @@ def _wait(entry: Entry, lock_key: str) -> Hit | None:
     while time.monotonic() < deadline:
         time.sleep(POLL_S)
         try:
-            raw = valkey.run(lambda c: valkey.script(_POLL)(keys=[entry.key, lock_key], client=c))
+            raw = valkey.run(lambda c: valkey.script(_POLL)(keys=[entry.key, lock_key], client=c), key=entry.key)
         except valkey.Down:
             break
         if isinstance(raw, bytes):
@@ -201,7 +201,7 @@ def fill(entry: Entry, data: bytes, etag: str) -> None:
     try:
         filled = valkey.run(lambda c: valkey.script(_FILL)(
             keys=[entry.key, keys.tombstone(entry.user_id), lock_key],
-            args=[encode(etag, data), entry.ttl_s * 1000, token], client=c))
+            args=[encode(etag, data), entry.ttl_s * 1000, token], client=c), key=entry.key)
     except valkey.Down:
         return
     metrics.count("fills" if filled else "fills_skipped")
@@ -216,7 +216,7 @@ def release_held() -> None:
         return
     (lock_key, token), state.lock = state.lock, None
     try:
-        valkey.run(lambda c: valkey.script(_RELEASE)(keys=[lock_key], args=[token], client=c))
+        valkey.run(lambda c: valkey.script(_RELEASE)(keys=[lock_key], args=[token], client=c), key=lock_key)
     except Exception:  # noqa: BLE001 - the lock expires by itself within LOCK_MS
         pass
 

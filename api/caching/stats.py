@@ -1,11 +1,12 @@
 """What the caching layers report, for the admin API and the dashboard: per layer its counters
 (added up over every app server, api.caching.metrics) and hit ratio; the `cache` Valkey's own view
-(keys, memory, evictions, expiries); write-behind's queue (api.caching.behind, when present); and
+(keys, memory, evictions, expiries; per node when it is a cluster); write-behind's queue (api.caching.behind, when present); and
 the latest stale-read table saved by `manage.py stale_probe`."""
 from __future__ import annotations
 
 import json
 
+import redis
 from django.conf import settings
 
 from . import local, metrics, valkey
@@ -32,13 +33,35 @@ def summary(state) -> dict:
 
 
 def _valkey_server() -> dict:
-    """The cache Valkey's INFO: its evictions are the application cache layer's evictions."""
+    """The cache Valkey's INFO: its evictions are the application cache layer's evictions. With a
+    cluster (`cache_nodes` 3 or 6), the sums over its nodes, and `nodes`: each node's keys, memory,
+    hits and misses (INFO keyspace_hits/misses: every GET of a script counts, found or not), evictions."""
+    n = valkey.nodes()
+    rows = []
+    for i, url in enumerate(valkey.node_urls(n), 1):
+        row = {"node": "valkey-cache" if n == 1 else f"valkey-cache-{i}", "port": int(url.rsplit(":", 1)[1].split("/")[0])}
+        try:
+            row.update(_node_info(url))
+            looked = (row["keyspace_hits"] or 0) + (row["keyspace_misses"] or 0)
+            row["hit_ratio"] = round(row["keyspace_hits"] / looked, 4) if looked else None
+        except Exception as exc:  # noqa: BLE001 - a report of a node that is down says so
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    up = [r for r in rows if "error" not in r]
+    if not up:
+        return {"error": rows[0]["error"] if n == 1 else "; ".join(f"{r['node']}: {r['error']}" for r in rows),
+                "cache_nodes": n, "nodes": rows}
+    total = {"keys": sum(r["keys"] for r in up), **{name: sum(r.get(name) or 0 for r in up) for name in VALKEY_INFO}}
+    return {**total, "cache_nodes": n, "nodes_down": len(rows) - len(up), "nodes": rows}
+
+
+def _node_info(url: str) -> dict:
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
     try:
-        info = valkey.client().info()
-        keys = valkey.client().dbsize()
-    except Exception as exc:  # noqa: BLE001 - a report of a cache that is down says so
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    return {"keys": keys, **{name: info.get(name) for name in VALKEY_INFO}}
+        info = client.info()
+        return {"keys": client.dbsize(), **{name: info.get(name) for name in VALKEY_INFO}}
+    finally:
+        client.close()
 
 
 def _write_behind() -> dict | None:

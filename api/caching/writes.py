@@ -111,7 +111,7 @@ def invalidate(user_id: int, *, user=None, user_entry: bool = True, posts: bool 
         put = valkey.run(lambda c: valkey.script(_WRITE)(
             keys=[keys.user(user_id), keys.namespace(user_id), keys.tombstone(user_id)],
             args=[value, t.cache.user_ttl_s * 1000, tombstone_ms, reads.now_us(), reads.NAMESPACE_TTL_MS,
-                  "1" if posts else "0", keys.L1_CHANNEL, user_id], client=c))
+                  "1" if posts else "0", keys.L1_CHANNEL, user_id], client=c), key=keys.user(user_id))
     except valkey.Down:
         _remember(user_id, user_entry, posts)
         return
@@ -147,9 +147,10 @@ def retry_pending() -> None:
     with _pending_lock:
         todo = list(_pending.items())
         _pending.clear()
-    for i, (user_id, (user_entry, posts)) in enumerate(todo):
-        invalidate(user_id, user_entry=user_entry, posts=posts)
-        if not valkey.available():  # failed again: that one is remembered again, and so are the rest
-            for rest_id, (rest_user, rest_posts) in todo[i + 1:]:
-                _remember(rest_id, rest_user, rest_posts)
-            return
+    # Per node: with one cluster node down, the users on the others are done now; those on the
+    # dead node stay remembered without a round trip (its breaker is open after the first failure).
+    for user_id, (user_entry, posts) in todo:
+        if valkey.available(keys.user(user_id)):
+            invalidate(user_id, user_entry=user_entry, posts=posts)  # remembers it again if it fails
+        else:
+            _remember(user_id, user_entry, posts)

@@ -41,6 +41,14 @@ class NotFound(exceptions.NotFound):
         self.field = field
 
 
+class BodyRejected(exceptions.APIException):
+    """A 413 or 415 about the request body itself (a body read by the view, not by a parser)."""
+
+    def __init__(self, code: int, detail: str, kind: str):
+        super().__init__(detail)
+        self.status_code, self.kind = code, kind
+
+
 class Unavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "A dependency is unavailable; retry shortly."
@@ -96,6 +104,9 @@ def exception_handler(exc, context):
     elif isinstance(exc, FieldError):
         body = problem(code, TITLES[code], f"{exc.field}: {exc.detail}", kind="invalid-parameter",
                        errors=[field_error(exc.field, str(exc.detail), exc.where)])
+    elif isinstance(exc, BodyRejected):
+        body = problem(code, TITLES[code], str(exc.detail), kind=exc.kind,
+                       errors=[field_error("(body)", str(exc.detail))])
     elif isinstance(exc, NotFound):
         body = problem(code, TITLES[code], str(exc.detail), kind="not-found",
                        errors=[field_error(exc.field, str(exc.detail), "path")])

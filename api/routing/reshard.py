@@ -47,7 +47,7 @@ from .ids import MAX_ID
 
 BATCH_USERS = int(os.environ.get("WORKBENCH_RESHARD_BATCH") or 500)
 RESHARD_LOCK = 0x5E5A4D   # meta advisory lock: one reshard process at a time
-USER_COLUMNS = ("id", "username", "email", "name", "bio", "post_count", "created_at", "updated_at")
+USER_COLUMNS = ("id", "username", "email", "name", "bio", "post_count", "created_at", "updated_at", "avatar")
 POST_COLUMNS = ("id", "user_id", "title", "body", "created_at", "updated_at")
 CONTROLLER_TIMEOUT_S = 300
 

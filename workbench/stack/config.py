@@ -143,6 +143,11 @@ class StackConfig:
         return self.data_dir / "logs"
 
     @property
+    def media_dir(self) -> Path:
+        """Uploaded blobs (avatars) in the default storage; Caddy serves it at /media/."""
+        return self.data_dir / "media"
+
+    @property
     def token_file(self) -> Path:
         return self.data_dir / "controller.token"
 

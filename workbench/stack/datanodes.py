@@ -46,7 +46,7 @@ from api.caching import metrics as cache_metrics
 from api.routing import nodes, shards, stats
 from workbench import parameters, topology
 
-from . import binaries, config, pgbouncer, ports, postgres, valkey
+from . import binaries, cachecluster, config, pgbouncer, ports, postgres, valkey
 from .process import Supervised, as_user
 
 MAX_REPLICAS = shards.MAX_REPLICAS
@@ -133,6 +133,7 @@ class DataNodes:
         self.last_counts: dict[str, dict] = {}  # per node: connections, and on primaries users, posts
         self.last_report: nodes.Report | None = None
         self.last_pools: dict = {}
+        self.cache_cluster = cachecluster.CacheCluster(self)  # topology `cache_nodes`
         # Counts start with the stack: queries per node and every caching layer's.
         self.state.delete(stats.KEY, cache_metrics.KEY, cache_metrics.L1_KEY, cache_metrics.QUERY_KEY)
 
@@ -210,6 +211,7 @@ class DataNodes:
         elif not t.pgbouncer and self._pgbouncer_running():
             attempt(self._retire_pgbouncer)
         attempt(self._set_state_fsync, t.cache.state_fsync)
+        attempt(self.cache_cluster.apply, t.cache_nodes)
         self.running = self.read_running()
         if errors:
             raise errors[0]
@@ -240,7 +242,7 @@ class DataNodes:
                 "replica_delays_ms": {name: self._apply_delay(name) for names in replicas.values() for name in names},
                 "indexes.post_user_time": _agreed({g.primary: self._index_state(g)[0] for g in groups}),
                 "pgbouncer": self._pgbouncer_running(), "app_servers": self.cfg.app_servers,
-                "cache.state_fsync": self._state_fsync()}
+                "cache.state_fsync": self._state_fsync(), "cache_nodes": self.cache_cluster.running()}
 
     def _say(self, progress: str) -> None:
         self.progress = progress

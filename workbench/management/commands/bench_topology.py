@@ -13,6 +13,8 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
                with the documents' staleness (commit to document update) from the admin endpoint
   fastpath     cached GET /users/{id} (Valkey, and Valkey + L1) against the bare Django JSON view,
                both through Caddy, with where each response's time went (Server-Timing)
+  cachenodes   the caching lesson's 95/5 Zipf mix with cache-aside on 1 Valkey vs a 3-node Valkey
+               Cluster (`cache_nodes`), and the 3-node cluster losing one node (SIGKILL) mid-run
 
 A case may name a placement (`sharding`, `shards`): those change only by resharding, so the
 suite reshards in-process (api/routing/reshard.py, what `manage.py reshard` runs) before it
@@ -88,7 +90,17 @@ def suites(strategy: str = "hash") -> dict:
                   ("GET /users/{id}, cache off", {"cache": {"mode": "off"}}),
                   ("GET /users/{id}, cache-aside (Valkey)", {"cache": hits}),
                   ("GET /users/{id}, cache-aside + L1", {"cache": {**hits, "l1": True, "l1_ttl_ms": 60_000}})]
+    aside = {"mode": "cache-aside"}
+    node_cases = [("cache_nodes=1", {"cache_nodes": 1, "cache": aside}),
+                  ("cache_nodes=3", {"cache_nodes": 3, "cache": aside}),
+                  (NODE_LOST, {"cache_nodes": 3, "cache": aside})]
     return {
+        "cachenodes": ("Caching: one cache Valkey vs a 3-node Valkey Cluster, and losing a node",
+                       "95% reads (GET /users/{id} and GET /users/{id}/posts, half each), 5% writes (posts, "
+                       "profile updates), Zipf popularity (s = 1.1) over the seeded users, 0 replicas, "
+                       "cache-aside with the default TTLs, emulation off; in the last case one of the 3 nodes "
+                       "is SIGKILLed 40% into each run (the controller restarts it, empty)",
+                       CACHED_MIX, node_cases),
         "readmodel": ("Read model: profile documents in Valkey vs the SQL path",
                       "95% GET /users/{id}?view=profile (the user and their latest 10 posts), 5% writes (posts, "
                       "profile updates), Zipf popularity (s = 1.1) over the seeded users, 0 replicas, application "
@@ -165,8 +177,12 @@ class Command(BaseCommand):
                         time.sleep(topology.REFRESH_S + 0.2)  # every app worker runs the case's topology
                         if change.get("read_model"):
                             readmodel_ready()
-                        closed, opened = runs.closed_and_open(own[0] if own else workload, o,
-                                                              f"bench {o['suite']} {label} #{rep + 1}")
+                        if label == NODE_LOST:
+                            closed, opened = node_lost_pair(cfg, runs, workload, o, f"bench {o['suite']} {label} "
+                                                                                   f"#{rep + 1}")
+                        else:
+                            closed, opened = runs.closed_and_open(own[0] if own else workload, o,
+                                                                  f"bench {o['suite']} {label} #{rep + 1}")
                         row = table[label]
                         row.setdefault("closed", []).append(closed["summary"])
                         record_pair(row, closed, opened)
@@ -200,6 +216,8 @@ class Command(BaseCommand):
             text = render_fastpath(cfg, o, what, table)
         elif o["suite"] == "readmodel":
             text = render_readmodel(cfg, o, what, table)
+        elif o["suite"] == "cachenodes":
+            text = render_cachenodes(cfg, o, what, table)
         else:
             text = render(cfg, o, heading, what, table)
         self.stdout.write(text)
@@ -249,7 +267,7 @@ def _preamble(cfg, o, what, options: str = "") -> list[str]:
         f"{o['connections']}{options}` on {m['cores']} cores / {m['memory_bytes'] / 2**30:.0f} GiB ({m['platform']}); "
         f"the generator, {cfg.app_servers} app servers x {cfg.app_workers} gthread workers x {cfg.app_threads} "
         f"threads, Caddy round-robin, and every PostgreSQL node share the machine. Workload: {what}."
-        + ("" if o["suite"] in ("caching", "fastpath") else " No cache."),
+        + ("" if o["suite"] in ("caching", "fastpath", "cachenodes") else " No cache."),
         "",
         f"Medians of {o['repeats']} interleaved repetitions. Throughput: closed loop, {o['connections']} "
         f"connections. Latency: open model at {o['rate']:g} req/s, timed from the intended send. Emulation, where "
