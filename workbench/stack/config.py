@@ -101,6 +101,11 @@ class StackConfig:
     def valkey_cache_port(self) -> int:
         return self.service_port_base + 101
 
+    def cache_node_port(self, index: int) -> int:
+        """Node `index` (1-based, 1..6) of the cache Valkey Cluster (topology `cache_nodes` 3 or 6):
+        service base + 110 + index; its cluster bus listens on that plus 10000."""
+        return self.service_port_base + 110 + index
+
     # URLs every client uses.
     @property
     def api_url(self) -> str:
