@@ -27,6 +27,7 @@ from workbench import topology
 log = logging.getLogger(__name__)
 
 IDLE_S = 0.1       # between passes that found nothing
+DISCARD_FOR_S = 3 * topology.REFRESH_S + 1  # after read_model goes off: rows a worker still on "on" wrote
 RETRY_S = 1.0
 BATCH = 500
 
@@ -39,6 +40,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         self.handled = 0
+        self.off_since = None  # when read_model was last seen switched off (monotonic)
         while True:
             try:
                 done = self.one_pass()
@@ -68,6 +70,14 @@ class Command(BaseCommand):
             client.delete(readmodel.BUILT)
             log.info("relay: read_model off, dropped %s documents", readmodel.drop_all(client))
         readmodel.report_relay(client, "running" if on else "idle (read_model off)", handled=self.handled)
+        if on:
+            self.off_since = None
+        else:
+            self.off_since = self.off_since or time.monotonic()
+            # Off: no app server writes the outbox once each has seen the change (a refresh or two);
+            # discard what was written meanwhile, then stop polling: an idle relay sends no query.
+            if time.monotonic() - self.off_since > DISCARD_FOR_S:
+                return 0
         done = 0
         for shard in readmodel.shards_in_use():
             done += readmodel.relay_shard(shard, batch=BATCH, client=client, pause=lambda p: self.pause(client, p),
