@@ -106,7 +106,7 @@ DASH = "\u2014"
 
 
 def _ms(value) -> str:
-    return "\u2014" if value is None else f"{value:,.1f}"
+    return DASH if value is None else f"{value:,.1f}"
 
 
 def _write_behind(status: dict) -> None:

@@ -291,8 +291,7 @@ def render_caching(cfg, o, what, table) -> str:
         lines.append(f"| {label} | {_versus(row, off)} | {_cpu_cell(row)} | {sum(row['valid'])}/{len(row['valid'])} |")
     lines += ["", f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run: the shared CPU "
               "set that throughput, not the emulated database (DESIGN.md section 5).",
-              "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+              *_provenance(table)]
     return "\n".join(lines)
 
 
@@ -328,8 +327,7 @@ def render_fastpath(cfg, o, what, table) -> str:
               "not touch counts as 0). What `app` has beyond the other parts is Python in the view: the "
               "framework, routing and, on a miss, the serializer. The bare view sends no X-Cache part of its own "
               "beyond the gateway's `off`/`bypass`.",
-              "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+              *_provenance(table)]
     return "\n".join(lines)
 
 
@@ -378,8 +376,7 @@ def render_readmodel(cfg, o, what, table) -> str:
               "runs (the admin endpoint's samples, reset before each on-case). Switching `read_model` on makes the "
               "relay rebuild every document first; the suite waits for that before measuring.",
               f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run.",
-              "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+              *_provenance(table)]
     return "\n".join(lines)
 
 
@@ -434,9 +431,14 @@ def render_cachenodes(cfg, o, what, table) -> str:
               "(api/caching/valkey.py); the restarted node is empty, so its slots then miss and refill. "
               "The cluster's nodes share the same 2 cores as everything else (shared-CPU figures).",
               f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run.",
-              "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+              *_provenance(table)]
     return "\n".join(lines)
+
+
+def _provenance(table: dict) -> list[str]:
+    """The closing lines of every suite's block: the software measured and the runs behind each row."""
+    return ["", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+            "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
 
 
 def _versus(row: dict, base: dict) -> str:
@@ -487,8 +489,7 @@ def render_querycache(cfg, o, what, table) -> str:
               "", "A hit saves the database round trips of a read (two for a posts page: the user's existence "
               "and the page), not the serializer; writes bump the written user's generations only "
               "(api/caching/querycache.py), so a write invalidates that user's entries and no one else's.",
-              "", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+              *_provenance(table)]
     return "\n".join(lines)
 
 
@@ -505,8 +506,7 @@ def render(cfg, o, heading, what, table) -> str:
         p50_ratio = f"{p50 / base_p50:.2f}x" if p50 and base_p50 else "-"
         lines.append(f"| {label} | {thr or 0:,.0f} | {ratio} | {p50 or 0:.2f} | {p95 or 0:.2f} | {p50_ratio} | "
                      f"{sum(row['valid'])}/{len(row['valid'])} |")
-    lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+    lines += _provenance(table)
     return "\n".join(lines)
 
 
@@ -570,6 +570,5 @@ def render_sharding(cfg, o, heading, what, table, reshards: list[dict], data: di
         lines.append(f"| {r['job']} | {r['from']} | {r['to']} | {r['users']:,} | {r['users_moved']:,} "
                      f"({r['fraction']:.1%}) | {r['posts_moved']:,} | {r['seconds'] or 0:.1f} | {r['batches']} | "
                      f"{'yes' if r['checksums_equal'] else 'NO'} |")
-    lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-              "Run ids (in the data dir's `results/`): " + json.dumps({k: v["runs"] for k, v in table.items()})]
+    lines += _provenance(table)
     return "\n".join(lines)
