@@ -222,11 +222,12 @@ def _delete_user_rows(user_id: int) -> None:
     def delete():
         Post.objects.filter(user_id=user_id)._raw_delete(db.write_alias())
         User.objects.filter(id=user_id)._raw_delete(db.write_alias())
-        cache.user_changed(user_id, posts=True)
+        cache.user_deleted(user_id)  # every cached key of the user, in every layer, once committed
         readmodel.record(user_id, "delete")
 
     placement.write(user_id, delete)
     placement.forget(user_id)
+    behind.drop_user(user_id)
     from api import avatars  # (it imports this module)
     avatars.delete_user_blobs(user_id)  # committed: a blob that fails to go is an orphan, not an error
 

@@ -178,25 +178,27 @@ def test_the_ttl_expires_an_entry(topology_admin, api_url, new_user):
 def test_the_fill_rules_in_the_cache_itself(stack_config):
     """The scripts on the stack's cache Valkey, without a request: a read that began before a bump
     cannot fill after it; inside the tombstone only rows read on the primary fill; a generation lost
-    (evicted) and recreated never matches an older entry; shards and owners never share a key."""
+    (evicted) and recreated never matches an older entry; a purging bump (a deleted user) removes every
+entry its index names; shards and owners never share a key."""
     cache = redis.Redis.from_url(stack_config.cache_url)
     lookup, fill, bump = (cache.register_script(s) for s in (querycache._LOOKUP, querycache._FILL, querycache._BUMP))
     shard, owner = 1, time.time_ns()
     entry = querycache.entry_key(shard, owner, "select 1")
     gens = [querycache.generation_key(shard, owner, t) for t in ("api_post", "api_user")]
     tomb = querycache.tombstone_key(shard, owner)
+    index = querycache.index_key(shard, owner)
 
     def look():
         return lookup(keys=[entry, *gens], args=[60_000])
 
     def put(stamp, replica, payload=b"rows"):
-        return fill(keys=[entry, *gens, tomb], args=[stamp, payload, 60_000, "1" if replica else "0"])
+        return fill(keys=[entry, *gens, tomb], args=[stamp, payload, 60_000, "1" if replica else "0", index])
 
     stamp = look()[0]
     assert put(stamp, replica=True) == 1 and look() == [stamp, b"rows"]
     # A read begins (it sees `began`), a write commits and bumps, the read fills: refused.
     began = look()[0]
-    bump(keys=[*gens, tomb], args=[60_000, 3000])
+    bump(keys=[*gens, tomb], args=[60_000, 3000, index, "0"])
     assert len(look()) == 1  # the old entry is unreachable at once
     assert put(began, replica=False) == 0
     # A read after the bump: from a replica inside the tombstone it may be stale, so no fill; from
@@ -215,6 +217,13 @@ def test_the_fill_rules_in_the_cache_itself(stack_config):
     assert querycache.entry_key(2, owner, "select 1") != entry
     assert querycache.entry_key(1, owner + 1, "select 1") != entry
     assert querycache.generation_key(2, owner, "api_user") != gens[1]
+    # Every filled key is indexed; a plain bump leaves the unreachable entry (its TTL ends it), a
+    # purging bump deletes it and the index.
+    assert cache.smembers(index) == {entry.encode()} and cache.pttl(index) > 0
+    bump(keys=[*gens, tomb], args=[60_000, 3000, index, "0"])
+    assert cache.exists(entry)
+    bump(keys=[*gens, tomb], args=[60_000, 3000, index, "1"])
+    assert not cache.exists(entry) and not cache.exists(index)
     cache.delete(entry, *gens, tomb)
 
 

@@ -174,13 +174,17 @@ def test_writes_of_a_deleted_user_are_rejected_and_recorded(write_behind, state,
     pause(state)
     assert requests.patch(url, json={"bio": "orphan"}, timeout=10).headers["X-Write-Behind"] == "queued"
     assert requests.post(f"{url}/posts", json={"title": "orphan"}, timeout=10).status_code == 201
+    assert state.exists(behind.user_record(int(user["id"])))
     assert requests.delete(url, timeout=10).status_code == 204
+    assert not state.exists(behind.user_record(int(user["id"])))  # what was queued for the user: gone at once
     resume(state)
     wait_for(lambda: drained(state), timeout=60, what="the queue drained")
     status = wait_for(lambda: (s := behind.status(state))["rejected"] >= before + 2 and s, timeout=10,
                       what="the rejections counted")
     mine = [r for r in status["recent_rejections"] if str(r["write"].get("user_id")) == user["id"]]
     assert {r["write"]["kind"] for r in mine} == {"user", "post_create"}, status["recent_rejections"]
+    # Recorded without the values the deleted user wrote: which fields, not what they said.
+    assert "orphan" not in json.dumps(mine) and {tuple(r["write"]["fields"]) for r in mine} == {("bio",), ("body", "title")}
     assert requests.get(url, timeout=10).status_code == 404  # not brought back by the cache either
 
 

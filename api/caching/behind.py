@@ -163,12 +163,27 @@ def _unreachable(exc: Exception) -> Unreachable:
     return Unreachable(str(exc))
 
 
+def drop_user(user_id: int) -> None:
+    """A deleted user's record of queued profile fields goes at once (its queued entries are
+    rejected, and so removed from the stream, by the flusher's next pass). Never raises: the
+    record also expires (RECORD_TTL_S)."""
+    try:
+        state_client().delete(user_record(user_id))
+    except redis.RedisError as exc:
+        log.warning("write-behind: the queued record of deleted user %s stays until it expires: %s", user_id, exc)
+
+
 def forget(record_key: str, entry_id: str) -> bool:
     """After a flush: drop the record if this entry was its last write. True if it was."""
     return bool(_script(state_client(), _FORGET)(keys=[record_key], args=[entry_id]))
 
 
 def reject(entry_id: str, write: dict, reason: str) -> None:
+    """Counted and recorded, without the written values: the usual reason is that the user was
+    deleted, and a record of what they wrote would outlive their erasure. The fields' names,
+    the ids and the time say which write it was."""
+    write = {**{k: write[k] for k in ("kind", "user_id", "post_id", "at") if k in write},
+             "fields": sorted(write.get("fields") or {})}
     log.warning("write-behind: rejected %s %s: %s", entry_id, write, reason)
     record = json.dumps({"entry": entry_id, "write": write, "reason": reason, "at": now().isoformat()})
     pipe = state_client().pipeline(transaction=True)

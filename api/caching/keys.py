@@ -8,6 +8,11 @@ within one slot.
 Posts pages are many keys per user (every limit, cursor and time range). Instead of finding and
 deleting them, each page key contains the user's namespace version: one INCR of that version on a
 write makes every older page key unreachable, and the old entries simply expire.
+
+Unreachable is not gone, though: a deleted user's data must not sit in the cache until a TTL runs
+out (the compliance question). So every fill also adds its key to the user's `index` (a set in the
+same slot, living as long as the longest entry it names), and a user's deletion removes every key
+the index names, the index, the entry and the namespace in the same script (writes._WRITE).
 """
 from __future__ import annotations
 
@@ -27,6 +32,11 @@ def user(user_id: int) -> str:
 def namespace(user_id: int) -> str:
     """The version that every posts-page key of this user contains."""
     return f"{_tag(user_id)}:ns"
+
+
+def index(user_id: int) -> str:
+    """The keys filled for this user (every posts page, whatever its version): what a deletion purges."""
+    return f"{_tag(user_id)}:keys"
 
 
 def tombstone(user_id: int) -> str:

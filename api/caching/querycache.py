@@ -46,6 +46,11 @@ cache's event, api.caching.writes, which every write in api/services.py already 
   change) the cache starts cold, and an entry from before a round trip of a user between shards
   can never come back.
 
+A deleted user: the delete's bump also purges every entry of that owner on that shard. Each fill
+adds its key to the owner's index (`{q:SHARD:USER}:idx`, living as long as the longest entry it
+names), and the bump of a delete removes the keys it names and the index, in the same script: the
+rows of a deleted user do not wait in the cache for a TTL.
+
 Lost keys (the cache Valkey evicts with LRU, or restarts): a missing generation starts again from
 the Valkey server's clock in microseconds, above any value an older one reached, so an entry can
 never match a generation that was lost and recreated. All of one owner's keys share the hash tag
@@ -127,10 +132,14 @@ end
 if table.concat(gens, ',') ~= ARGV[1] then return 0 end
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return 2 end
 redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', ARGV[5], KEYS[1])
+if redis.call('PTTL', ARGV[5]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', ARGV[5], ARGV[3]) end
 return 1
 """
 
-# KEYS: generations..., tombstone. ARGV: generation TTL ms, tombstone TTL ms.
+# KEYS: generations..., tombstone. ARGV: generation TTL ms, tombstone TTL ms, the owner's index, '1' to
+# purge every entry the index names (a deleted user). The index and its entries are not in KEYS but
+# share the owner's hash tag, so they are in this script's slot.
 _BUMP = _NOW + """
 for i = 1, #KEYS - 1 do
   if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('SET', KEYS[i], now) end
@@ -138,6 +147,10 @@ for i = 1, #KEYS - 1 do
   redis.call('PEXPIRE', KEYS[i], ARGV[1])
 end
 redis.call('SET', KEYS[#KEYS], '1', 'PX', ARGV[2])
+if ARGV[4] == '1' then
+  for _, k in ipairs(redis.call('SMEMBERS', ARGV[3])) do redis.call('DEL', k) end
+  redis.call('DEL', ARGV[3])
+end
 return 1
 """
 
@@ -153,6 +166,11 @@ def generation_key(shard: int, owner: int, table: str) -> str:
 
 def tombstone_key(shard: int, owner: int) -> str:
     return f"{_tag(shard, owner)}:quiet"
+
+
+def index_key(shard: int, owner: int) -> str:
+    """The owner's entries on this shard (every fill's key): what a deletion purges."""
+    return f"{_tag(shard, owner)}:idx"
 
 
 def entry_key(shard: int, owner: int, text: str) -> str:
@@ -264,7 +282,7 @@ def _fetch(qs, owner: int, kind: str, evaluate):
         filled = _run(lambda c: valkey.script(_FILL)(
             keys=[entry, *generations, tombstone_key(shard, owner)],
             args=[stamp, payload, topology.current().topology.cache.query_ttl_s * 1000,
-                  "1" if alias in db.REPLICAS else "0"], client=c), entry)
+                  "1" if alias in db.REPLICAS else "0", index_key(shard, owner)], client=c), entry)
     except valkey.Down:
         return value
     metrics.QUERY.count("fills" if filled == 1 else "fills_skipped")
@@ -291,42 +309,45 @@ def _decode(payload: bytes, model, alias: str):
 
 # --- writes ----------------------------------------------------------------------------------------
 _pending_lock = threading.Lock()
-_pending: collections.OrderedDict[tuple[int, int], set] = collections.OrderedDict()
+_pending: collections.OrderedDict[tuple[int, int], tuple[set, bool]] = collections.OrderedDict()
 
 
-def changed(user_id: int, *, user: bool, posts: bool) -> None:
+def changed(user_id: int, *, user: bool, posts: bool, purge: bool = False) -> None:
     """Inside a write transaction on the user's shard: once it commits, bump the generations of the
-    tables it touched (the user row, the user's posts). Always, whether or not the query cache is on,
-    so that switching it on can never meet an entry that missed a write."""
+    tables it touched (the user row, the user's posts), and with `purge` (the user is deleted) drop
+    every entry of the user. Always, whether or not the query cache is on, so that switching it on
+    can never meet an entry that missed a write."""
     from api.routing import db
     tables = [t for t, touched in ((USER_TABLE, user), (POST_TABLE, posts)) if touched]
     if not tables:
         return
     shard = db.current_shard()
-    transaction.on_commit(lambda: bump(shard, user_id, tables), using=db.write_alias())
+    transaction.on_commit(lambda: bump(shard, user_id, tables, purge=purge), using=db.write_alias())
 
 
-def bump(shard: int, owner: int, tables) -> bool:
-    """Move the owner's generations on (and leave the replica tombstone). Never raises: a committed
-    write must not turn into an error. A failure is remembered and retried."""
+def bump(shard: int, owner: int, tables, *, purge: bool = False) -> bool:
+    """Move the owner's generations on (and leave the replica tombstone); with `purge`, drop the
+    owner's entries too. Never raises: a committed write must not turn into an error. A failure is
+    remembered and retried."""
     t = topology.current().topology
     keys = [generation_key(shard, owner, table) for table in sorted(tables)] + [tombstone_key(shard, owner)]
     try:
         _run(lambda c: valkey.script(_BUMP)(
-            keys=keys, args=[GENERATION_TTL_MS, int(t.max_lag_ms) + TOMBSTONE_MARGIN_MS], client=c), keys[0])
+            keys=keys, args=[GENERATION_TTL_MS, int(t.max_lag_ms) + TOMBSTONE_MARGIN_MS,
+                             index_key(shard, owner), "1" if purge else "0"], client=c), keys[0])
     except Exception as exc:  # noqa: BLE001 - valkey.Down, or anything else: retried later
         if not isinstance(exc, valkey.Down):
             log.exception("query cache bump of user %s on shard %s failed", owner, shard)
-        _remember(shard, owner, tables)
+        _remember(shard, owner, tables, purge)
         return False
     metrics.QUERY.count("invalidations")
     return True
 
 
-def _remember(shard: int, owner: int, tables) -> None:
+def _remember(shard: int, owner: int, tables, purge: bool = False) -> None:
     with _pending_lock:
-        before = _pending.pop((shard, owner), set())
-        _pending[(shard, owner)] = before | set(tables)
+        before, purged = _pending.pop((shard, owner), (set(), False))
+        _pending[(shard, owner)] = (before | set(tables), purged or purge)
         while len(_pending) > MAX_PENDING:  # beyond this, TTLs bound the staleness
             _pending.popitem(last=False)
 
@@ -339,12 +360,12 @@ def retry_pending() -> None:
         todo = list(_pending.items())
         _pending.clear()
     # Per node: those whose node is being skipped stay remembered without a round trip.
-    for (shard, owner), tables in todo:
+    for (shard, owner), (tables, purge) in todo:
         key = tombstone_key(shard, owner)
         if valkey.available(key) and not _breaker.is_open(_node(key)):
-            bump(shard, owner, tables)  # remembers them again if it fails
+            bump(shard, owner, tables, purge=purge)  # remembers them again if it fails
         else:
-            _remember(shard, owner, tables)
+            _remember(shard, owner, tables, purge)
 
 
 def _node(key: str) -> str:

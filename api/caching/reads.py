@@ -55,11 +55,14 @@ LOCK_MS = 2000
 WAIT_S = 0.2
 POLL_S = 0.005
 
-# KEYS: entry, tombstone, lock. ARGV: the fill, its TTL ms, the lock's token ('' when no lock is held).
+# KEYS: entry, tombstone, lock, the user's index (keys.index). ARGV: the fill, its TTL ms, the lock's
+# token ('' when no lock is held). A filled key joins the index, which outlives every key it names.
 _FILL = """
 local filled = 0
 if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
   filled = 1
+  redis.call('SADD', KEYS[4], KEYS[1])
+  if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[4], ARGV[2]) end
 end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
 return filled
@@ -200,7 +203,7 @@ def fill(entry: Entry, data: bytes, etag: str) -> None:
         token, state.lock = state.lock[1], None
     try:
         filled = valkey.run(lambda c: valkey.script(_FILL)(
-            keys=[entry.key, keys.tombstone(entry.user_id), lock_key],
+            keys=[entry.key, keys.tombstone(entry.user_id), lock_key, keys.index(entry.user_id)],
             args=[encode(etag, data), entry.ttl_s * 1000, token], client=c), key=entry.key)
     except valkey.Down:
         return

@@ -4,12 +4,14 @@ after its transaction commits. What a write touches:
 | write                        | the user's entry | the user's posts pages |
 |------------------------------|------------------|------------------------|
 | sign-up, user update         | yes              | no (pages do not embed the user) |
-| user delete                  | yes              | yes                    |
+| user delete                  | purged           | purged                 |
 | post create, post delete     | yes (`post_count`) | yes                  |
 | post update                  | no               | yes                    |
 
 All pages of a user go at once: their keys contain the user's namespace version, and one INCR
-moves it on (keys.py). In `write-through` mode a user update puts its new representation in the
+moves it on (keys.py). A delete goes further: it purges every key the user's index names (every
+page of every version), the index, the entry and the namespace, so none of a deleted user's data
+stays in the cache until a TTL (`user_deleted`). In `write-through` mode a user update puts its new representation in the
 cache instead of deleting the entry; so does `write-behind` (behind.py), for a queued update too.
 
 Every write also leaves a tombstone for `max_lag_ms` + TOMBSTONE_MARGIN_MS, during which fills of
@@ -51,12 +53,17 @@ log = logging.getLogger(__name__)
 TOMBSTONE_MARGIN_MS = 1000
 MAX_PENDING = 10_000
 
-# KEYS: user entry, namespace, tombstone. ARGV: the new representation ('' to delete the entry;
+# KEYS: user entry, namespace, tombstone, index. ARGV: the new representation ('' to delete the entry;
 # '-' to leave it alone), its TTL ms, the tombstone's TTL ms, the clock in us, the namespace TTL ms,
-# '1' to move the posts namespace on, the L1 channel, the user id. Returns 1 if the representation was put.
+# '1' to move the posts namespace on, the L1 channel, the user id, '1' to purge every key the index
+# names (a deleted user). Returns 1 if the representation was put. The indexed keys are not in KEYS,
+# but they share the user's hash tag, so they are in this script's slot.
 _WRITE = """
 local busy = redis.call('EXISTS', KEYS[3]) == 1
-if ARGV[6] == '1' then
+if ARGV[9] == '1' then
+  for _, k in ipairs(redis.call('SMEMBERS', KEYS[4])) do redis.call('DEL', k) end
+  redis.call('DEL', KEYS[4], KEYS[2])
+elseif ARGV[6] == '1' then
   if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[4]) end
   redis.call('INCR', KEYS[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
@@ -76,7 +83,7 @@ return put
 """
 
 _pending_lock = threading.Lock()
-_pending: collections.OrderedDict[int, tuple[bool, bool]] = collections.OrderedDict()
+_pending: collections.OrderedDict[int, tuple[bool, bool, bool]] = collections.OrderedDict()
 
 
 def user_changed(user_id: int, *, user=None, posts: bool = False) -> None:
@@ -85,22 +92,29 @@ def user_changed(user_id: int, *, user=None, posts: bool = False) -> None:
     _after_commit(user_id, user=user, user_entry=True, posts=posts)
 
 
+def user_deleted(user_id: int) -> None:
+    """Inside the delete's transaction: once it commits, purge every key of the user (above)."""
+    _after_commit(user_id, user=None, user_entry=True, posts=True, purge=True)
+
+
 def posts_changed(user_id: int, *, post_count: bool) -> None:
     """A post of the user changed; `post_count` when the user's count changed too."""
     _after_commit(user_id, user=None, user_entry=post_count, posts=True)
 
 
-def _after_commit(user_id, *, user, user_entry: bool, posts: bool) -> None:
+def _after_commit(user_id, *, user, user_entry: bool, posts: bool, purge: bool = False) -> None:
     from api.routing.db import write_alias  # the shard the write runs on
-    transaction.on_commit(lambda: invalidate(user_id, user=user, user_entry=user_entry, posts=posts),
+    transaction.on_commit(lambda: invalidate(user_id, user=user, user_entry=user_entry, posts=posts, purge=purge),
                           using=write_alias())
-    querycache.changed(user_id, user=user_entry, posts=posts)
+    querycache.changed(user_id, user=user_entry, posts=posts, purge=purge)
 
 
-def invalidate(user_id: int, *, user=None, user_entry: bool = True, posts: bool = True) -> None:
+def invalidate(user_id: int, *, user=None, user_entry: bool = True, posts: bool = True, purge: bool = False) -> None:
     """Never raises: a write that is committed must not turn into an error."""
-    if topology.current().topology.cache.invalidation == "ttl":
-        metrics.count("invalidations_skipped")  # TTL-only: the entries stay until they expire
+    # TTL-only: the entries stay until they expire. Not a deleted user's: keeping them is not a
+    # staleness trade-off the lesson may make, it is personal data kept after its erasure.
+    if topology.current().topology.cache.invalidation == "ttl" and not purge:
+        metrics.count("invalidations_skipped")
         return
     value = "-" if not user_entry else ""
     if user is not None and user_entry and request.mode() in ("write-through", "write-behind"):
@@ -109,15 +123,16 @@ def invalidate(user_id: int, *, user=None, user_entry: bool = True, posts: bool 
     tombstone_ms = int(t.max_lag_ms) + TOMBSTONE_MARGIN_MS
     try:
         put = valkey.run(lambda c: valkey.script(_WRITE)(
-            keys=[keys.user(user_id), keys.namespace(user_id), keys.tombstone(user_id)],
+            keys=[keys.user(user_id), keys.namespace(user_id), keys.tombstone(user_id), keys.index(user_id)],
             args=[value, t.cache.user_ttl_s * 1000, tombstone_ms, reads.now_us(), reads.NAMESPACE_TTL_MS,
-                  "1" if posts else "0", keys.L1_CHANNEL, user_id], client=c), key=keys.user(user_id))
+                  "1" if posts else "0", keys.L1_CHANNEL, user_id, "1" if purge else "0"], client=c),
+            key=keys.user(user_id))
     except valkey.Down:
-        _remember(user_id, user_entry, posts)
+        _remember(user_id, user_entry, posts, purge)
         return
     except Exception:  # noqa: BLE001 - e.g. a representation that failed to render
         log.exception("cache invalidation of user %s failed", user_id)
-        _remember(user_id, user_entry, posts)
+        _remember(user_id, user_entry, posts, purge)
         return
     metrics.count("invalidations")
     if put:
@@ -131,10 +146,10 @@ def _representation(user) -> bytes:
     return reads.encode(etag_for(data), render_data(data))
 
 
-def _remember(user_id: int, user_entry: bool, posts: bool) -> None:
+def _remember(user_id: int, user_entry: bool, posts: bool, purge: bool = False) -> None:
     with _pending_lock:
-        before = _pending.pop(user_id, (False, False))
-        _pending[user_id] = (before[0] or user_entry, before[1] or posts)
+        before = _pending.pop(user_id, (False, False, False))
+        _pending[user_id] = (before[0] or user_entry, before[1] or posts, before[2] or purge)
         while len(_pending) > MAX_PENDING:  # beyond this, TTLs bound the staleness
             _pending.popitem(last=False)
 
@@ -149,8 +164,8 @@ def retry_pending() -> None:
         _pending.clear()
     # Per node: with one cluster node down, the users on the others are done now; those on the
     # dead node stay remembered without a round trip (its breaker is open after the first failure).
-    for user_id, (user_entry, posts) in todo:
+    for user_id, (user_entry, posts, purge) in todo:
         if valkey.available(keys.user(user_id)):
-            invalidate(user_id, user_entry=user_entry, posts=posts)  # remembers it again if it fails
+            invalidate(user_id, user_entry=user_entry, posts=posts, purge=purge)  # remembers it again if it fails
         else:
-            _remember(user_id, user_entry, posts)
+            _remember(user_id, user_entry, posts, purge)
