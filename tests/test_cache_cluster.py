@@ -126,6 +126,10 @@ def test_a_node_killed_under_load_fails_no_request(cluster, seeded, api_url, con
         before = controller.process(victim)
         os.kill(before["pid"], signal.SIGKILL)
         killed_at = time.monotonic()
+        # Readiness names the dead node (the controller restarts it no sooner than 0.75 s later).
+        ready = requests.get(api_url.rsplit("/api/", 1)[0] + "/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["failing"] == ["valkey-cache"], ready.text
+        assert f":{victim_port}" in ready.json()["checks"]["valkey-cache"]["error"], ready.text
         wait_for(lambda: seen("down", killed_at, on_victim), timeout=30, what="X-Cache: down on the dead node's users")
         # Meanwhile the other nodes' users keep hitting (a breaker per node, not one for the cache).
         down_at = time.monotonic()

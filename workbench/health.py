@@ -3,7 +3,6 @@ import time
 
 import redis
 from django.conf import settings
-from django.core.cache import cache
 from django.db import connections
 from django.http import JsonResponse
 
@@ -17,19 +16,32 @@ def _check_db(alias: str) -> None:
         cursor.execute("SELECT 1")
 
 
-def _check_state() -> None:
-    client = redis.Redis.from_url(settings.VALKEY_STATE_URL, socket_timeout=1, socket_connect_timeout=1)
+def _ping(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
     try:
         client.ping()
     finally:
         client.close()
 
 
+def _check_cache() -> None:
+    """Every node the topology's `cache_nodes` uses: the single cache, or each cluster node."""
+    from api.caching import valkey
+    failed = []
+    for url in valkey.node_urls():
+        try:
+            _ping(url)
+        except redis.RedisError as exc:
+            failed.append(f"{url.split('@')[-1]}: {exc}")
+    if failed:
+        raise redis.ConnectionError("; ".join(failed))
+
+
 CHECKS = {
     "postgres-meta": lambda: _check_db("default"),
     "postgres-primary": lambda: _check_db("primary"),
-    "valkey-cache": lambda: cache.client.get_client().ping(),
-    "valkey-state": _check_state,
+    "valkey-cache": _check_cache,
+    "valkey-state": lambda: _ping(settings.VALKEY_STATE_URL),
 }
 
 
