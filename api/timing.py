@@ -1,9 +1,10 @@
 """Where one request's milliseconds went, for its `Server-Timing` header (DESIGN.md section 2).
 
-Parts: `gateway` (the in-process gateway's own work before and after the view), `cache` (calls to
-the caching layers, api.caching.request), `db` (database queries, including any emulated round
-trip), `render` (turning data into JSON bytes), and `app`, the whole time in the app server. What
-`app` has beyond the parts is Python in the view: routing, serializers, the framework.
+Parts: `gateway` (the in-process gateway's own work before and after the view, the rate limiter's
+one Valkey round trip included), `cache` (calls to the caching layers, api.caching.request), `db`
+(database queries, including any emulated round trip), `render` (turning data into JSON bytes), and
+`app`, the whole time in the app server. What `app` has beyond the parts is Python in the view:
+routing, serializers, the framework.
 """
 from __future__ import annotations
 

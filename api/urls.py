@@ -1,7 +1,7 @@
 from django.urls import path, register_converter
 
 from api.converters import Int64Converter
-from api.views import admin, avatar, v1
+from api.views import admin, avatar, ratelimit, v1
 
 register_converter(Int64Converter, "id64")
 
@@ -18,4 +18,5 @@ urlpatterns = [
     path("admin/shards", admin.ShardsView.as_view()),
     path("admin/cache", admin.CacheView.as_view()),
     path("admin/readmodel", admin.ReadModelView.as_view()),
+    path("admin/ratelimit", ratelimit.RateLimitView.as_view()),
 ]

@@ -110,6 +110,22 @@ CACHES = {
 }
 VALKEY_STATE_URL = STACK.state_url
 
+def _networks(name: str, default: list[str]) -> tuple:
+    import ipaddress
+
+    from django.core.exceptions import ImproperlyConfigured
+    try:
+        return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in env.list(name, default=default))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
+
+
+# The rate limiter's client IP (api/gateway/ratelimit.py): X-Forwarded-For is believed only from these
+# addresses or networks (comma-separated). By default the address Caddy connects to the app servers
+# from, on loopback; behind another proxy, or with Caddy on another machine, list its address here.
+TRUSTED_PROXIES = _networks("WORKBENCH_TRUSTED_PROXIES", ["127.0.0.1"])
+
+
 # Bodies above this size get 413 before any parsing.
 MAX_BODY_BYTES = env.int("WORKBENCH_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,31 @@ def _choice(default, *choices):
 
 def _group(cls):
     return field(default_factory=cls, metadata={"kind": "group", "cls": cls})
+
+
+def _date():
+    """A moment: RFC 3339 with an offset, or Unix seconds; stored as RFC 3339 in UTC. null: unset."""
+    return field(default=None, metadata={"kind": "date"})
+
+
+def _text(default, pattern: str, hint: str, required: bool = False):
+    """A string matching `pattern` in full; `hint` says what that means, for the error message.
+    A `required` one has no default in a document: it must be given."""
+    return field(default=default, metadata={"kind": "text", "pattern": re.compile(pattern), "hint": hint,
+                                            "required": required})
+
+
+def _strings(default: tuple, pattern: str, hint: str, max_items: int, choices: tuple = ()):
+    """A list of distinct strings (stored as a tuple), each matching `pattern` in full or, when
+    `choices` is given, each one of them."""
+    return field(default=default, metadata={"kind": "strings", "pattern": re.compile(pattern), "hint": hint,
+                                            "max_items": max_items, "choices": choices})
+
+
+def _items(cls, default: tuple, max_items: int):
+    """A list of objects of the dataclass `cls` (stored as a tuple), each validated like a group;
+    an error names the item by its index: `rate_limit.rules.0.capacity`."""
+    return field(default=default, metadata={"kind": "items", "cls": cls, "max_items": max_items})
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,6 +145,62 @@ class Cache:
     state_fsync: str = _choice("everysec", "everysec", "always", "off")
 
 
+# A rule's name is its policy's name in the RateLimit headers (a structured-field string), and part
+# of its buckets' keys; an endpoint pattern is `METHOD /path` matched against `GET /api/v1/users/{user_id}`
+# (api/gateway/ratelimit.py), with `*` matching any run of characters (`/` included).
+RULE_NAME = r"[a-z0-9][a-z0-9._-]{0,31}"
+ENDPOINT = r"(\*|GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) /[A-Za-z0-9._~{}/*-]{0,200}"
+RATE_LIMIT_KEYS = ("ip", "user", "endpoint")
+
+
+@dataclass(frozen=True)
+class RateLimitRule:
+    """One token bucket per partition: a request that matches `endpoints` (none: every API request)
+    takes one token from the bucket of its `per` values, e.g. its client IP, or its user and
+    endpoint; an empty `per` is one bucket shared by every matching request. A bucket holds up to
+    `capacity` tokens and gains `refill_per_s` a second. With 0, it never refills: the bucket is a
+    fixed quota of `capacity` for an hour from its first request (ratelimit.FIXED_WINDOW_S)."""
+    name: str = _text("", RULE_NAME, "1 to 32 of a-z 0-9 . _ -, starting with a letter or digit", required=True)
+    per: tuple = _strings(("ip",), "|".join(RATE_LIMIT_KEYS), "ip, user or endpoint", 3, RATE_LIMIT_KEYS)
+    endpoints: tuple = _strings((), ENDPOINT, "`METHOD /path` (METHOD or *; * in the path matches anything), "
+                                "e.g. `POST /api/v1/users`", 16)
+    capacity: int = _int(60, 1, 1_000_000_000)
+    refill_per_s: float = _number(1.0, 0, 1_000_000)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """The gateway's rate limiter (api/gateway/ratelimit.py): token buckets in the `state` Valkey.
+    Every rule a request matches is checked in one atomic script; the request passes only if every
+    bucket has a token, and a refused request takes none. `on_error`: what happens while the state
+    Valkey cannot answer: `open` lets requests through, `closed` refuses them (503); a response
+    header says which. Off by default; the default rules apply once it is switched on."""
+    enabled: bool = _bool(False)
+    on_error: str = _choice("open", "open", "closed")
+    rules: tuple = _items(RateLimitRule, (
+        # Sign-up is anonymous: per client IP, a burst of 5, then one every 10 s.
+        RateLimitRule(name="signup-per-ip", per=("ip",), endpoints=("POST /api/v*/users",), capacity=5,
+                      refill_per_s=0.1),
+        # Writes per acting user (until authentication exists: the user in the write's path).
+        RateLimitRule(name="writes-per-user", per=("user",),
+                      endpoints=("POST /api/*", "PUT /api/*", "PATCH /api/*", "DELETE /api/*"), capacity=60,
+                      refill_per_s=10.0),
+        # Everything per client IP, generous: a runaway client, not a busy one.
+        RateLimitRule(name="per-ip", per=("ip",), endpoints=(), capacity=1000, refill_per_s=500.0),
+    ), 16)
+
+
+@dataclass(frozen=True)
+class Versioning:
+    """The API's versions (api/versioning.py). With `v1_deprecation` set, every v1 response of a
+    route that v2 also serves carries `Deprecation: @<Unix seconds>` (RFC 9745; a future date
+    announces it) and a Link to its v2 twin (rel="successor-version") and to the docs
+    (rel="deprecation"); with `v1_sunset` also `Sunset: <HTTP-date>` (RFC 8594). v1 still answers
+    after its sunset: the headers inform, they do not switch anything off."""
+    v1_deprecation: str | None = _date()
+    v1_sunset: str | None = _date()
+
+
 @dataclass(frozen=True)
 class Topology:
     replicas: int = _int(0, 0, 4)
@@ -152,6 +234,10 @@ class Topology:
     # posts) in the `state` Valkey, kept up to date from a transactional outbox by the `relay`
     # process; it serves GET /users/{id}?view=profile. Off: that view is built from SQL.
     read_model: bool = _bool(False)
+    # The gateway's rate limiter and its rules (off by default).
+    rate_limit: RateLimit = _group(RateLimit)
+    # v1's Deprecation and Sunset headers (off by default).
+    versioning: Versioning = _group(Versioning)
 
     @property
     def shard_groups(self) -> int:
@@ -159,7 +245,7 @@ class Topology:
         return max(self.shards, self.reshard_shards)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _lists(dataclasses.asdict(self))
 
     def replica_delays_ms(self) -> dict[str, int]:
         """recovery_min_apply_delay per running replica, in whole ms as PostgreSQL keeps it: the
@@ -202,6 +288,14 @@ def _show(value) -> str:
 def _check(meta: dict, value, name: str, errors: list):
     """One leaf value against its field's kind and bounds; returns the value to store."""
     kind = meta["kind"]
+    if kind == "date":
+        return _moment(value, name, errors)
+    if kind == "text":
+        if not isinstance(value, str) or not meta["pattern"].fullmatch(value):
+            errors.append((name, f"must be {meta['hint']}, not {_show(value)}"))
+        return value
+    if kind == "strings":
+        return _check_strings(meta, value, name, errors)
     if kind == "bool":
         if not isinstance(value, bool):
             errors.append((name, f"must be true or false, not {_show(value)}"))
@@ -229,6 +323,59 @@ def _check(meta: dict, value, name: str, errors: list):
     return value
 
 
+def _check_strings(meta: dict, value, name: str, errors: list) -> tuple:
+    if not isinstance(value, list) or len(value) > meta["max_items"]:
+        errors.append((name, f"must be a list of at most {meta['max_items']} strings, not {_show(value)}"))
+        return ()
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not (item in meta["choices"] if meta["choices"]
+                                             else meta["pattern"].fullmatch(item)):
+            errors.append((f"{name}.{index}", f"must be {meta['hint']}, not {_show(item)}"))
+        elif value.index(item) != index:
+            errors.append((f"{name}.{index}", f"{_show(item)} is listed twice"))
+    return tuple(value)
+
+
+def _build_items(meta: dict, value, name: str, errors: list) -> tuple:
+    if not isinstance(value, list) or len(value) > meta["max_items"]:
+        errors.append((name, f"must be a list of at most {meta['max_items']} objects, not {_show(value)}"))
+        return ()
+    return tuple(_build(meta["cls"], item, f"{name}.{index}.", errors) for index, item in enumerate(value))
+
+
+def _lists(value):
+    """asdict() keeps tuples; the document's JSON form, and what the API answers, has lists."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
+
+
+def _moment(value, name: str, errors: list):
+    """A date field's value, normalized to RFC 3339 in UTC, whole seconds (what the headers carry)."""
+    if value is None:
+        return None
+    moment = None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 253402300800:
+        moment = datetime.fromtimestamp(value, timezone.utc)
+    elif isinstance(value, str) and len(value) <= 40:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    try:
+        if moment is not None and moment.tzinfo is not None:
+            moment = moment.astimezone(timezone.utc)
+            if moment.year >= 1970:
+                return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    except OverflowError:  # past year 9999 once in UTC
+        pass
+    errors.append((name, f"must be a date-time with an offset (like 2026-12-31T00:00:00Z), Unix seconds, "
+                         f"or null; not {_show(value)}"))
+    return value
+
+
 def _build(cls, data, prefix: str, errors: list):
     if not isinstance(data, dict):
         errors.append((prefix.rstrip(".") or "(body)", f"must be an object, not {_show(data)}"))
@@ -240,9 +387,13 @@ def _build(cls, data, prefix: str, errors: list):
     values = {}
     for name, f in fields.items():
         if name not in data:
+            if f.metadata.get("required"):
+                errors.append((f"{prefix}{name}", "required"))
             continue  # the default
         if f.metadata["kind"] == "group":
             values[name] = _build(f.metadata["cls"], data[name], f"{prefix}{name}.", errors)
+        elif f.metadata["kind"] == "items":
+            values[name] = _build_items(f.metadata, data[name], f"{prefix}{name}", errors)
         else:
             values[name] = _check(f.metadata, data[name], f"{prefix}{name}", errors)
     return None if errors else cls(**values)
@@ -269,8 +420,17 @@ def known_fields(data, cls=None):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         log.warning("topology: ignoring fields this code does not know: %s", ", ".join(unknown))
-    return {name: known_fields(value, fields[name].metadata["cls"]) if fields[name].metadata["kind"] == "group"
-            else value for name, value in data.items() if name in fields}
+    out = {}
+    for name, value in data.items():
+        if name not in fields:
+            continue
+        kind = fields[name].metadata["kind"]
+        if kind == "group":
+            value = known_fields(value, fields[name].metadata["cls"])
+        elif kind == "items" and isinstance(value, list):
+            value = [known_fields(item, fields[name].metadata["cls"]) for item in value]
+        out[name] = value
+    return out
 
 
 def parse(data: dict, *, check_machine: bool = True) -> Topology:
@@ -306,9 +466,21 @@ def _cross_checks(t: Topology) -> list[tuple[str, str]]:
         index = getattr(t.emulation, name)
         if index > t.replicas:
             errors.append((f"emulation.{name}", f"replica-{index} does not exist with replicas={t.replicas}"))
+    deprecation, sunset = t.versioning.v1_deprecation, t.versioning.v1_sunset
+    if sunset is not None and (deprecation is None or sunset < deprecation):  # both RFC 3339 in UTC
+        # RFC 9745 forbids a Sunset earlier than the Deprecation; a sunset with no deprecation at
+        # all is allowed by RFC 8594 alone, but here v1 is announced as deprecated before it sets.
+        errors.append(("versioning.v1_sunset", f"must not be earlier than versioning.v1_deprecation "
+                                               f"({deprecation or 'null: v1 is not deprecated'}); "
+                                               "deprecate v1 before (or when) you set its sunset"))
     if t.cache.invalidation == "ttl" and t.cache.mode not in ("off", "cache-aside"):
         errors.append(("cache.invalidation", f"ttl-only invalidation goes with cache-aside; {t.cache.mode} "
                                              "writes the cache on every write by definition"))
+    names = [rule.name for rule in t.rate_limit.rules]
+    for index, name in enumerate(names):
+        if names.index(name) != index:  # a name is a policy in the headers and the key of its buckets
+            errors.append((f"rate_limit.rules.{index}.name", f"{_show(name)} is the name of rule {names.index(name)} "
+                                                            "already; each rule needs its own"))
     return errors
 
 

@@ -1,8 +1,10 @@
-"""The in-process gateway: request id, app-server stamp, body size and content-type limits.
+"""The in-process gateway: request id, app-server stamp, rate limit (api.gateway.ratelimit), body
+size and content-type limits.
 
 It runs first, so even a request rejected here carries X-Request-Id, X-App-Server,
-X-Topology-Version and X-Cache (api.caching.request).
-Authentication, RBAC, rate limiting and shedding join this module's pipeline in later issues.
+X-Topology-Version and X-Cache (api.caching.request). The rate limiter's time is part of the
+`gateway` Server-Timing part.
+Authentication, RBAC and shedding join this module's pipeline in later issues.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from api.caching import writes as cache_writes
 from api.routing import db, nodes
 from workbench import topology
 
+from . import ratelimit
 from .problems import field_error, problem, problem_response
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -45,7 +48,8 @@ class GatewayMiddleware:
         token = db.begin_request(request.method, client_id)
         cache_token = cache_request.begin(request.method)
         try:
-            refused = self._limits(request)
+            limited = ratelimit.check(request)  # None when the limiter is off or no rule applies
+            refused = (limited and limited.refusal) or self._limits(request)
             if refused is not None:
                 self._drain(request)
             timing.add("gateway", time.perf_counter() - started)
@@ -60,6 +64,8 @@ class GatewayMiddleware:
         if request.method not in ("GET", "HEAD", "OPTIONS") and response.status_code < 400 and routing.used:
             db.note_write(client_id)
         self._db_headers(response, routing)
+        if limited:
+            limited.apply(response)
         counters.flush_all()
         response["X-Request-Id"] = request.request_id
         response["X-App-Server"] = settings.APP_SERVER_NAME
