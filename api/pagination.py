@@ -104,9 +104,13 @@ def time_range(query) -> tuple[datetime | None, datetime | None]:
 
 
 def _reject_unknown(query, allowed: set[str]) -> None:
+    """Unknown parameters are refused, and so is a parameter given twice (`limit=1&limit=500`):
+    which copy counts differs between frameworks and proxies, as with duplicate JSON keys."""
     for name in query:
         if name not in allowed:
             raise FieldError(name, f"Unknown query parameter; this list takes {', '.join(sorted(allowed))}.")
+        if len(query.getlist(name)) > 1:
+            raise FieldError(name, "Given more than once; give each query parameter once.")
 
 
 def next_url(request, rows: list, limit: int, key) -> str | None:

@@ -119,9 +119,9 @@ def exception_handler(exc, context):
         errors = _flatten(exc.detail)
         body = problem(code, TITLES[code], "; ".join(f"{e['field']}: {e['detail']}" for e in errors),
                        kind="validation", errors=errors)
-    elif isinstance(exc, exceptions.ParseError):
-        body = problem(code, TITLES[code], str(exc.detail), kind="malformed-body",
-                       errors=[field_error("(body)", str(exc.detail))])
+    elif isinstance(exc, exceptions.ParseError):  # api.gateway.parsers: BodyError names the field
+        body = problem(code, TITLES[code], str(exc.detail), kind=getattr(exc, "kind", "malformed-body"),
+                       errors=[field_error(getattr(exc, "field", "(body)"), str(exc.detail))])
     elif isinstance(exc, exceptions.UnsupportedMediaType):
         body = problem(code, TITLES[code], str(exc.detail), kind="unsupported-media-type",
                        errors=[field_error("Content-Type", str(exc.detail), "header")])
