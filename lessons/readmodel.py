@@ -20,7 +20,9 @@ a document shows a write some time after it committed, measured below.
 
 
 def _ms(value) -> str:
-    return "\u2014" if value is None else f"{value:,.1f} ms"
+    if value is None:
+        return "\u2014"
+    return f"{value / 1000:,.1f} s" if value >= 10_000 else f"{value:,.1f} ms"  # fits a metric's width
 
 
 def render(data: dict) -> None:

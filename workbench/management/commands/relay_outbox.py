@@ -30,6 +30,7 @@ IDLE_S = 0.1       # between passes that found nothing
 DISCARD_FOR_S = 3 * topology.REFRESH_S + 1  # after read_model goes off: rows a worker still on "on" wrote
 RETRY_S = 1.0
 BATCH = 500
+REBUILD_BATCH = 100  # users per rebuild step; the outbox is relayed between steps, so this bounds staleness meanwhile
 
 
 class Command(BaseCommand):
@@ -67,7 +68,7 @@ class Command(BaseCommand):
         elif not on and client.exists(readmodel.BUILT):
             # The outbox is not written now, so the documents would go stale: drop them; the next
             # switch-on rebuilds everything.
-            client.delete(readmodel.BUILT)
+            client.delete(readmodel.BUILT, readmodel.STALENESS)  # the next switch-on measures afresh
             log.info("relay: read_model off, dropped %s documents", readmodel.drop_all(client))
         readmodel.report_relay(client, "running" if on else "idle (read_model off)", handled=self.handled)
         if on:
@@ -78,10 +79,14 @@ class Command(BaseCommand):
             # discard what was written meanwhile, then stop polling: an idle relay sends no query.
             if time.monotonic() - self.off_since > DISCARD_FOR_S:
                 return 0
+        return self.relay(client, discard=not on)
+
+    def relay(self, client, *, discard: bool = False) -> int:
+        """One batch of every shard's outbox."""
         done = 0
         for shard in readmodel.shards_in_use():
             done += readmodel.relay_shard(shard, batch=BATCH, client=client, pause=lambda p: self.pause(client, p),
-                                          discard=not on)
+                                          discard=discard)
         self.handled += done
         counters.flush_all(force=True)
         return done
@@ -92,7 +97,10 @@ class Command(BaseCommand):
         time.sleep(2 * topology.REFRESH_S + 0.2)
         readmodel.report_relay(client, "rebuilding every document")
         started = time.monotonic()
-        count = readmodel.rebuild_all(client=client)
+        # The outbox is relayed between the rebuild's batches: a document rebuilt (or filled by a
+        # read) early in a long rebuild must not stay stale until the rebuild ends. Both write
+        # version-guarded, so they may interleave.
+        count = readmodel.rebuild_all(batch=REBUILD_BATCH, client=client, progress=lambda shard, done: self.relay(client))
         client.set(readmodel.BUILT, f"{time.time():.3f}")
         log.info("relay: rebuilt %s documents in %.1f s", count, time.monotonic() - started)
 
