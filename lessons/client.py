@@ -52,6 +52,10 @@ class StackClient:
         """The admin read-model API: documents, outbox backlog per shard, staleness."""
         return self._admin("readmodel")
 
+    def ratelimit(self) -> dict:
+        """The admin rate-limit API: the limiter's live rules, allowed and limited counts."""
+        return self._admin("ratelimit")
+
     def _admin(self, name: str, params: dict | None = None) -> dict:
         try:
             response = self.session.get(f"{self.cfg.api_url}/api/v1/admin/{name}", params=params,

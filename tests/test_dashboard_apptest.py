@@ -21,7 +21,8 @@ METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "An
            "Replicas running", "Replication", "Strategy", "Shards", "Shards running",
            "Application cache", "Invalidation", "L1", "Query cache",
            "Queued, not yet flushed", "Oldest waiting (s)", "State Valkey fsync", "Flusher",
-           "Read model", "Documents", "Outbox pending", "Oldest pending", "Staleness p95"]
+           "Read model", "Documents", "Outbox pending", "Oldest pending", "Staleness p95",
+           "Rate limiter", "Valkey down", "Allowed", "Limited (429)"]
 LAG = "replay lag (ms, 100 ms resolution)"  # [lag] sample_interval_s = 0.1 in workbench/parameters.toml
 
 # A controller report as GET /status carries it (shape taken from a running stack with two
@@ -138,6 +139,8 @@ def fake_stack(monkeypatch):
                         else copy.deepcopy(CACHE))
     monkeypatch.setattr(StackClient, "readmodel", lambda self: {"error": topo["error"]} if "error" in topo
                         else copy.deepcopy(READ_MODEL))
+    monkeypatch.setattr(StackClient, "ratelimit", lambda self: {"error": topo["error"]} if "error" in topo
+                        else copy.deepcopy(RATE_LIMIT))
     return topo
 
 
@@ -214,6 +217,28 @@ def test_status_page_shows_the_read_model(fake_stack):
     assert (metrics["Oldest pending"], metrics["Staleness p95"]) == ("0.25 s", "120.5 ms")
     assert any("p50 40.0 ms" in c.value and "Relay: running" in c.value and "90 hits" in c.value
                for c in at.caption)
+
+
+RATE_LIMIT = {"enabled": True, "on_error": "closed", "draft": "draft-ietf-httpapi-ratelimit-headers-09",
+              "trusted_proxies": ["127.0.0.1/32"],
+              "rules": [{"name": "signup-per-ip", "per": ["ip"], "endpoints": ["POST /api/v*/users"], "capacity": 5,
+                         "refill_per_s": 0.1, "policy": '"signup-per-ip";q=5;w=50', "limited": 3},
+                        {"name": "quota", "per": [], "endpoints": [], "capacity": 1000, "refill_per_s": 0,
+                         "policy": '"quota";q=1000;w=3600', "limited": 0}],
+              "counters": {"allowed": 1234, "limited": 3, "fail_open": 0, "fail_closed": 2}}
+
+
+def test_status_page_shows_the_rate_limiter(fake_stack):
+    at = run_page()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Rate limiting" in [h.value for h in at.subheader]
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Rate limiter"], metrics["Valkey down"], metrics["Allowed"], metrics["Limited (429)"]) == (
+        "on", "fail closed", "1,234", "3")
+    rules = next(t.value for t in at.table if "RateLimit-Policy" in t.value.columns)
+    assert rules.loc["signup-per-ip", "refused"] == "3" and rules.loc["signup-per-ip", "refill / s"] == "0.1"
+    assert rules.loc["quota", "per"] == "(one bucket for all)" and rules.loc["quota", "endpoints"] == "every API request"
+    assert any("2 refused with 503 (fail-closed)" in c.value and "127.0.0.1/32" in c.value for c in at.caption)
 
 
 def test_status_page_shows_replicas_and_pending_changes(fake_stack):

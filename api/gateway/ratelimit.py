@@ -81,7 +81,7 @@ from .problems import problem, problem_response
 log = logging.getLogger(__name__)
 
 DRAFT = "draft-ietf-httpapi-ratelimit-headers-09"
-PREFIX = "workbench:rl:"                 # one hash per bucket: t (tokens), s and us (Valkey TIME of the last take)
+PREFIX = "workbench:rl:"                 # one string per bucket: its tokens and the Valkey TIME of the last take
 COUNTS_KEY = "workbench:rl:counts"       # allowed, limited, fail_open, fail_closed, limited_by:<rule>
 FIXED_WINDOW_S = 3600                    # the life of a bucket that never refills (refill_per_s 0)
 BREAKER_S = 1.0                          # after a failure, Valkey is skipped this long
@@ -93,24 +93,28 @@ NO_ROUTE = "(no route)"                  # the endpoint of a path no route match
 
 COUNTERS = Counters(COUNTS_KEY)
 
-# KEYS: one bucket per matching rule. ARGV: capacity and refill per second of each bucket in turn,
-# then FIXED_WINDOW_S in ms. Returns {1 if allowed else 0, then per bucket: whole tokens left, ms
-# until full, ms until it has a token (0 when it has one)}. A refused request writes nothing.
+# KEYS: one bucket per matching rule, each a string "<tokens> <seconds> <microseconds>": its level
+# and the Valkey TIME it was last taken from. ARGV: capacity and refill per second of each bucket in
+# turn, then FIXED_WINDOW_S in ms. Returns {1 if allowed else 0, then per bucket: whole tokens left,
+# ms until full, ms until it has a token (0 when it has one)}. A refused request writes nothing.
+# Few calls on purpose (each costs the server a command dispatch): TIME, one MGET, one SET per bucket.
 _SCRIPT = """
 local now = redis.call('TIME')
 local s, us = tonumber(now[1]), tonumber(now[2])
 local fixed_ms = tonumber(ARGV[#ARGV])
 local cap_ms = 1e12  -- about 30 years: a tiny refill rate must not overflow the integer reply
+local stored = redis.call('MGET', unpack(KEYS))
 local level, fresh, ok = {}, {}, 1
 for i = 1, #KEYS do
   local cap, rate = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  local b = redis.call('HMGET', KEYS[i], 't', 's', 'us')
-  local t = tonumber(b[1])
+  local t, ls, lus
+  if stored[i] then t, ls, lus = string.match(stored[i], '^(%S+) (%d+) (%d+)$') end
+  t = tonumber(t)
   if t == nil then
     t = cap
     fresh[i] = true
   elseif rate > 0 then
-    local elapsed = (s - tonumber(b[2])) + (us - tonumber(b[3])) / 1000000
+    local elapsed = (s - tonumber(ls)) + (us - tonumber(lus)) / 1000000
     if elapsed > 0 then t = math.min(cap, t + elapsed * rate) end
   end
   level[i] = t
@@ -120,19 +124,18 @@ local out = {ok}
 for i = 1, #KEYS do
   local cap, rate = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
   local t, full, wait = level[i], 0, 0
-  if ok == 1 then
-    t = t - 1
-    redis.call('HSET', KEYS[i], 't', string.format('%.17g', t), 's', now[1], 'us', now[2])
-  end
+  if ok == 1 then t = t - 1 end
+  local value = string.format('%.17g %s %s', t, now[1], now[2])
   if rate > 0 then
     full = math.min(math.ceil((cap - t) / rate * 1000), cap_ms)
     if t < 1 then wait = math.min(math.ceil((1 - t) / rate * 1000), cap_ms) end
-    if ok == 1 then redis.call('PEXPIRE', KEYS[i], full + 1000) end
+    if ok == 1 then redis.call('SET', KEYS[i], value, 'PX', full + 1000) end
   else
     if fresh[i] then
       full = fixed_ms
-      if ok == 1 then redis.call('PEXPIRE', KEYS[i], fixed_ms) end
+      if ok == 1 then redis.call('SET', KEYS[i], value, 'PX', fixed_ms) end
     else
+      if ok == 1 then redis.call('SET', KEYS[i], value, 'KEEPTTL') end
       full = redis.call('PTTL', KEYS[i])
       if full < 0 then full = fixed_ms end
     end

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from lessons import caching, data_nodes, readmodel, sharding
+from lessons import caching, data_nodes, ratelimit, readmodel, sharding
 from lessons.client import StackClient
 from workbench import parameters
 
@@ -132,6 +132,7 @@ def render():
     sharding.render(client.shards())
     caching.render(client.cache())
     readmodel.render(client.readmodel())
+    ratelimit.render(client.ratelimit())
 
     st.subheader("Entry points")
     st.markdown(f"- API (through Caddy): `{state['api_url']}`  \n"

@@ -11,7 +11,8 @@ LOWEST_US, HIGHEST_US, DIGITS = 1, 120_000_000, 3
 LATE_US = 1000              # a send that left more than 1 ms after its intended time is "late"
 MAX_LATE_SHARE = 0.01       # more than 1% late sends make the run invalid
 # Response headers a request is attributed by, whichever the stack sends (DESIGN.md section 2).
-ATTRIBUTION_HEADERS = ("X-App-Server", "X-DB-Node", "X-Cache", "X-Query-Cache", "X-Write-Behind", "X-Read-Model")
+ATTRIBUTION_HEADERS = ("X-App-Server", "X-DB-Node", "X-Cache", "X-Query-Cache", "X-Write-Behind", "X-Read-Model",
+                       "X-RateLimit-Status")
 
 
 def server_timing(header: str) -> dict[str, float]:

@@ -15,6 +15,8 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
                both through Caddy, with where each response's time went (Server-Timing)
   cachenodes   the caching lesson's 95/5 Zipf mix with cache-aside on 1 Valkey vs a 3-node Valkey
                Cluster (`cache_nodes`), and the 3-node cluster losing one node (SIGKILL) mid-run
+  ratelimit    the rate limiter's added latency: cached GET /users/{id} with the limiter off vs on
+               (one rule, three rules) with rules so generous that nothing is refused
 
 A case may name a placement (`sharding`, `shards`): those change only by resharding, so the
 suite reshards in-process (api/routing/reshard.py, what `manage.py reshard` runs) before it
@@ -58,6 +60,17 @@ def _emulated(rtt: float | None) -> dict:
     return {"enabled": True, "rtt_ms": rtt, "node_concurrency": parameters.emulation()["node_concurrency"]}
 
 
+# Rules no benchmark can exhaust: a billion tokens, refilled a million a second. What is measured is the
+# limiter's check (one EVALSHA in the state Valkey per request), not refusals.
+GENEROUS = {"capacity": 1_000_000_000, "refill_per_s": 1_000_000}
+LIMITER_ONE = [{"name": "bench-per-ip", "per": ["ip"], **GENEROUS}]
+LIMITER_THREE = LIMITER_ONE + [
+    {"name": "bench-per-endpoint", "per": ["endpoint"], "endpoints": ["GET /api/*"], **GENEROUS},
+    {"name": "bench-per-ip-endpoint", "per": ["ip", "endpoint"], "endpoints": ["GET /api/v*/users/{user_id}"],
+     **GENEROUS}]
+LIMITER_TARGET_MS = 0.5  # the limiter's added p50 (issue 8 item 3)
+
+
 def suites(strategy: str = "hash") -> dict:
     """name -> (heading, what the table shows, workload, [(case label, topology[, workload])]). A
     case's topology may carry `sharding` and `shards`: the suite reshards to them first; a case's
@@ -94,7 +107,18 @@ def suites(strategy: str = "hash") -> dict:
     node_cases = [("cache_nodes=1", {"cache_nodes": 1, "cache": aside}),
                   ("cache_nodes=3", {"cache_nodes": 3, "cache": aside}),
                   (NODE_LOST, {"cache_nodes": 3, "cache": aside})]
+    limiter_cases = [("limiter off", {"cache": hits}),
+                     ("limiter on, 1 rule (per IP)", {"cache": hits, "rate_limit": {"enabled": True,
+                                                                                    "rules": LIMITER_ONE}}),
+                     ("limiter on, 3 rules (per IP, per endpoint, per IP and endpoint)",
+                      {"cache": hits, "rate_limit": {"enabled": True, "rules": LIMITER_THREE}})]
     return {
+        "ratelimit": ("Rate limiting: the limiter's added latency",
+                      "GET /users/{id} over a hot set of 200 users (uniform), reads only, 0 replicas, cache-aside "
+                      "(nearly every read a hit, so the limiter's share of each request shows), emulation off, "
+                      "through Caddy; the limiter on checks every request against generous rules (nothing is "
+                      "refused) in one EVALSHA on the state Valkey",
+                      HOT_READS, limiter_cases),
         "cachenodes": ("Caching: one cache Valkey vs a 3-node Valkey Cluster, and losing a node",
                        "95% reads (GET /users/{id} and GET /users/{id}/posts, half each), 5% writes (posts, "
                        "profile updates), Zipf popularity (s = 1.1) over the seeded users, 0 replicas, "
@@ -218,6 +242,8 @@ class Command(BaseCommand):
             text = render_readmodel(cfg, o, what, table)
         elif o["suite"] == "cachenodes":
             text = render_cachenodes(cfg, o, what, table)
+        elif o["suite"] == "ratelimit":
+            text = render_ratelimit(cfg, o, what, table)
         else:
             text = render(cfg, o, heading, what, table)
         self.stdout.write(text)
@@ -267,7 +293,7 @@ def _preamble(cfg, o, what, options: str = "") -> list[str]:
         f"{o['connections']}{options}` on {m['cores']} cores / {m['memory_bytes'] / 2**30:.0f} GiB ({m['platform']}); "
         f"the generator, {cfg.app_servers} app servers x {cfg.app_workers} gthread workers x {cfg.app_threads} "
         f"threads, Caddy round-robin, and every PostgreSQL node share the machine. Workload: {what}."
-        + ("" if o["suite"] in ("caching", "fastpath", "cachenodes") else " No cache."),
+        + ("" if o["suite"] in ("caching", "fastpath", "cachenodes", "ratelimit") else " No cache."),
         "",
         f"Medians of {o['repeats']} interleaved repetitions. Throughput: closed loop, {o['connections']} "
         f"connections. Latency: open model at {o['rate']:g} req/s, timed from the intended send. Emulation, where "
@@ -430,6 +456,40 @@ def render_cachenodes(cfg, o, what, table) -> str:
               "the controller has restarted it and each app worker's breaker for that node has closed again "
               "(api/caching/valkey.py); the restarted node is empty, so its slots then miss and refill. "
               "The cluster's nodes share the same 2 cores as everything else (shared-CPU figures).",
+              f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run.",
+              *_provenance(table)]
+    return "\n".join(lines)
+
+
+def render_ratelimit(cfg, o, what, table) -> str:
+    """Each limiter-on case against off in the same repetitions: the open-model p50 it adds (the
+    target), and the `gateway` Server-Timing part (where the limiter's round trip is spent) it adds."""
+    base = table[next(iter(table))]
+    base_p50 = _median(base["p50"])
+    base_gateway = _median([s.get("server_timing_ms", {}).get("gateway", 0.0) for s in base["closed"]])
+    lines = _preamble(cfg, o, what) + [
+        f"Target: the limiter adds under {LIMITER_TARGET_MS:g} ms to the p50 (open model, through Caddy).",
+        "",
+        "| case | throughput (req/s) | vs limiter off | p50 (ms) | p95 (ms) | p95 vs off | p50 added (ms) | "
+        "gateway part (ms) | gateway added (ms) | X-RateLimit-Status (closed runs) | errors / requests | "
+        "CPU, closed run | runs valid |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in table.items():
+        p50 = _median(row["p50"])
+        gateway = _median([s.get("server_timing_ms", {}).get("gateway", 0.0) for s in row["closed"]])
+        added = added_gateway = "-"
+        if row is not base and p50 is not None and base_p50 is not None:
+            added = f"{p50 - base_p50:+.3f}" + (" (met)" if p50 - base_p50 < LIMITER_TARGET_MS else " (missed)")
+        if row is not base and gateway is not None and base_gateway is not None:
+            added_gateway = f"{gateway - base_gateway:+.3f}"
+        lines.append(f"| {label} | {_versus(row, base)} | {added} | {gateway or 0:.3f} | {added_gateway} | "
+                     f"{_shares(_said(row, 'X-RateLimit-Status'))} | {sum(row['errors']):,} / "
+                     f"{sum(row['requests']):,} | {_cpu_cell(row)} | {sum(row['valid'])}/{len(row['valid'])} |")
+    lines += ["", "p50 added: the case's median open-model p50 minus the limiter-off row's, both medians of the same "
+              "interleaved repetitions. Gateway part: the mean `gateway` Server-Timing part over every response of "
+              "the closed runs (the in-process gateway, the limiter's one Valkey round trip included). A refused "
+              "request would count as an error; the rules are set so that none is.",
               f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run.",
               *_provenance(table)]
     return "\n".join(lines)
