@@ -519,3 +519,17 @@ def test_invalid_rules_through_the_admin_api_are_problem_json_naming_the_field(t
     error = response.json()["errors"][0]
     assert error["pointer"] == "#/rate_limit/rules/0/capacity"
     assert topology_admin.data()["version"] == before["version"]
+
+
+def test_the_schema_documents_the_rate_limit_headers_and_answers():
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    assert set(schema["components"]["headers"]) >= {"RateLimit", "RateLimit-Policy", "X-RateLimit-Status", "Retry-After"}
+    assert ratelimit.DRAFT in schema["components"]["headers"]["RateLimit"]["description"]
+    responses = schema["paths"]["/api/v1/users"]["post"]["responses"]
+    assert set(responses["201"]["headers"]) == {"RateLimit", "RateLimit-Policy", "X-RateLimit-Status"}
+    assert set(responses["429"]["headers"]) == {"RateLimit", "RateLimit-Policy", "X-RateLimit-Status", "Retry-After"}
+    assert responses["429"]["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+    assert "503" in responses
+    assert "429" not in schema["paths"]["/api/v1/admin/topology"]["get"]["responses"]  # the admin API is never limited

@@ -188,6 +188,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The gateway's own headers and answers (the rate limiter's) on every operation it limits.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "api.gateway.openapi.document_rate_limits"],
 }
 
 LOGGING = {
