@@ -61,8 +61,10 @@ def decode_cursor(raw: str, kinds: tuple[str, ...]) -> tuple:
                 raise bad
             key.append(value)
         else:
+            # ASCII only: parse_datetime's \d would take other scripts' digits (２０２６) too.
+            text = value if isinstance(value, str) and value.isascii() and "\x00" not in value else None
             try:
-                moment = parse_datetime(value) if isinstance(value, str) and "\x00" not in value else None
+                moment = parse_datetime(text) if text else None
             except ValueError:  # well-formed but impossible, like month 13 or offset +25:00
                 moment = None
             if moment is None or moment.tzinfo is None:
@@ -83,7 +85,7 @@ def parse_time(query, name: str) -> datetime | None:
     if raw in (None, ""):
         return None
     detail = "Must be an ISO 8601 date-time with a UTC offset, e.g. 2026-01-31T12:00:00Z."
-    if len(raw) > 64 or "\x00" in raw:
+    if len(raw) > 64 or "\x00" in raw or not raw.isascii():  # not `２０２６`: parse_datetime's \d takes it
         raise FieldError(name, detail)
     try:
         moment = parse_datetime(raw)

@@ -290,7 +290,8 @@ for i, key in enumerate([[-1], [MAX_ID + 1], [1.5], [True], ["1"], [None], [[1]]
 for i, key in enumerate([["2025-13-01T00:00:00Z", 1], ["2025-01-01T00:00:00+25:00", 1], ["2025-02-30T00:00:00Z", 1],
                          ["2025-01-01T00:00:00", 1], ["2025-01-01T00:00:00Z"], [123], ["2025-01-01T00:00:00Z", "1"],
                          ["2025-01-01T00:00:00Z", -5], ["2025-01-01T00:00:00Z", MAX_ID + 1],
-                         ["2025-01-01T00:00:00Z\u0000", 1], ["not a time", 1], [None, 1]]):
+                         ["2025-01-01T00:00:00Z\u0000", 1], ["not a time", 1], [None, 1],
+                         ["\uff12\uff10\uff12\uff15-01-01T00:00:00Z", 1]]):
     case(f"posts-out-of-range-cursor-{i}", "GET", f"/users/{{user}}/posts?cursor={cursor(*key)}", 400, {"cursor"},
          exact=True)
 
@@ -306,6 +307,8 @@ BAD_TIMES = {
     "missing-offset": "2025-01-01T00:00:00", "offset-25h": "2025-01-01T00:00:00%2B25:00",
     "year-1": "0001-01-01T00:00:00Z", "year-9999": "9999-12-31T23:59:59Z", "year-10000": "10000-01-01T00:00:00Z",
     "nul": "%00", "trailing-nul": "2025-01-01T00:00:00Z%00", "too-long": "2" * 65, "epoch-number": "1735689600",
+    "fullwidth-digits": "%EF%BC%92%EF%BC%90%EF%BC%92%EF%BC%95-01-01T00:00:00Z",
+    "arabic-indic-digits": "%D9%A2%D9%A0%D9%A2%D9%A5-01-01T00:00:00Z",
 }
 for bound in ("since", "until"):
     for tag, raw in BAD_TIMES.items():

@@ -38,8 +38,10 @@ class EnvelopeRenderer(JSONRenderer):
             return b""
         request = context.get("request")
         view = context.get("view")
+        now = datetime.now(timezone.utc)
+        stamp = getattr(view, "meta_timestamp", None)  # v2 says how it writes times (api/versioning.py)
         meta = {
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "timestamp": stamp(now) if stamp else now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "version": getattr(view, "api_version", "v1"),
             "request_id": getattr(request, "request_id", None),
         }

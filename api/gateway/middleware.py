@@ -28,7 +28,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 # The one route whose body is not JSON: an avatar upload, an image up to AVATAR_MAX_BYTES. Its type
 # is decided from the bytes by the view (api.avatars); here only the declared type is screened.
-AVATAR_PUT = re.compile(r"^/api/v1/users/[^/]+/avatar$")
+AVATAR_PUT = re.compile(r"^/api/v[12]/users/[^/]+/avatar$")
 # A refused body up to this size is read and dropped so the connection stays usable; a larger one
 # is not worth reading (the edge's body cap belongs in Caddy, with the load-balancer issue).
 DRAIN_BYTES = 4 * 1024 * 1024

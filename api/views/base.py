@@ -1,9 +1,10 @@
 """What every API view shares: the version in the envelope, conditional GETs (ETag), the read
-retry on the primary, and the application cache's read path (api.caching)."""
+retry on the primary, the application cache's read path (api.caching), and v1's lifecycle
+headers (api.versioning)."""
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api import timing
+from api import timing, versioning
 from api.caching import reads
 from api.gateway.envelope import etag_for, render_data
 from api.gateway.errors import NotFound
@@ -51,22 +52,32 @@ class ApiView(APIView):
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         if request.method in ("GET", "HEAD") and response.status_code == 200 and isinstance(response, Response):
-            etag = getattr(response, "etag", None)
-            if etag is None:
-                with timing.timed("render"):
-                    etag = etag_for(response.data)
-                entry = getattr(response, "cache_entry", None)
-                if entry is not None:
-                    # Rendered once: these bytes are both sent (the envelope splices them) and stored.
-                    with timing.timed("render"):
-                        response.rendered_data = render_data(response.data)
-                    reads.fill(entry, response.rendered_data, etag)
+            etag = self.fill_cache(response)
             response["ETag"] = etag
             tags = _tags(request.headers.get("If-None-Match", ""))
             if etag in tags or "*" in tags:
                 not_modified = Response(status=304, headers={"ETag": etag})
-                return super().finalize_response(request, not_modified, *args, **kwargs)
+                response = super().finalize_response(request, not_modified, *args, **kwargs)
+        if self.api_version == "v1":
+            versioning.v1_lifecycle(request, response)
         return response
+
+    @staticmethod
+    def fill_cache(response: Response) -> str:
+        """The ETag of a GET's 200; a cache miss's data, rendered once, goes into the cache (those
+        bytes are both sent, the envelope splices them, and stored). v2 calls this on v1's answer
+        before it transforms it (api/versioning.py), so the cache only ever holds v1's form."""
+        etag = getattr(response, "etag", None)
+        if etag is None:
+            with timing.timed("render"):
+                etag = etag_for(response.data)
+            entry = getattr(response, "cache_entry", None)
+            if entry is not None:
+                with timing.timed("render"):
+                    response.rendered_data = render_data(response.data)
+                reads.fill(entry, response.rendered_data, etag)
+            response.etag = etag
+        return etag
 
 
 def _tags(header: str) -> set[str]:
