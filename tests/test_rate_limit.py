@@ -161,15 +161,25 @@ def test_with_the_limiter_off_nothing_is_limited_and_no_header_is_sent(api_url, 
 
 
 # --- per IP, per user, per endpoint, combined ------------------------------------------------------
-def test_sign_up_is_limited_per_client_ip_behind_caddy(limiter, stack):
-    rule = name("signup")
-    limiter([{"name": rule, "per": ["ip"], "endpoints": ["POST /api/v*/users"], "capacity": 2, "refill_per_s": 0}])
+def test_sign_up_is_limited_per_client_ip_behind_caddy(limiter, stack, module_restore):
     api = stack["api_url"] + "/api/v1"
 
     def sign_up(http):
         username = f"rl{uuid.uuid4().hex[:12]}"
         return http.post(f"{api}/users", json={"username": username, "email": f"{username}@example.org",
                                                "password": "correct-horse"}, timeout=30)
+
+    # The default rules, switched on: sign-up takes from its client's own bucket of the default rule.
+    limiter(module_restore["rules"])
+    with session_from("127.0.0.7") as http:
+        signed_up = sign_up(http)
+    assert signed_up.status_code == 201
+    assert items(signed_up.headers["RateLimit-Policy"])["signup-per-ip"] == {"q": "5", "w": "50"}
+    assert items(signed_up.headers["RateLimit"])["signup-per-ip"]["r"] == "4"
+    assert items(signed_up.headers["RateLimit"])["signup-per-ip"]["pk"] == pk("127.0.0.7")
+
+    rule = name("signup")
+    limiter([{"name": rule, "per": ["ip"], "endpoints": ["POST /api/v*/users"], "capacity": 2, "refill_per_s": 0}])
 
     with session_from("127.0.0.2") as first, session_from("127.0.0.3") as second:
         assert [sign_up(first).status_code for _ in range(2)] == [201, 201]
