@@ -110,6 +110,7 @@ CACHES = {
 }
 VALKEY_STATE_URL = STACK.state_url
 
+
 def _networks(name: str, default: list[str]) -> tuple:
     import ipaddress
 
@@ -124,7 +125,6 @@ def _networks(name: str, default: list[str]) -> tuple:
 # addresses or networks (comma-separated). By default the address Caddy connects to the app servers
 # from, on loopback; behind another proxy, or with Caddy on another machine, list its address here.
 TRUSTED_PROXIES = _networks("WORKBENCH_TRUSTED_PROXIES", ["127.0.0.1"])
-
 
 # Bodies above this size get 413 before any parsing.
 MAX_BODY_BYTES = env.int("WORKBENCH_MAX_BODY_BYTES", default=64 * 1024)
