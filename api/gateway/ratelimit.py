@@ -253,7 +253,7 @@ def client_ip(meta: dict, proxies=None) -> str:
             if not _trusted(hop, proxies):
                 break
     if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))  # any zone (%eth0) dropped
     return str(address)
 
 
