@@ -30,6 +30,21 @@ def user_get(*, user_id: int) -> User:
     return placement.read(user_id, get, NotFound)
 
 
+def users_by_id(*, user_ids: list[int]) -> dict[int, User]:
+    """Several users at once, one query per shard that holds any of them (the router's guess, like
+    user_list; not through the query cache, whose entries are per user). A user missing from the
+    answer may have been deleted, or moved by a reshard under way: read it with user_get, which
+    follows the fence. For v2's embedded authors (api/versioning.py)."""
+    by_shard: dict[int, list[int]] = {}
+    for user_id in user_ids:
+        by_shard.setdefault(placement.locate(user_id), []).append(user_id)
+    found = {}
+    for shard, ids in by_shard.items():
+        with db.on_shard(shard):
+            found.update((user.id, user) for user in User.objects.filter(id__in=ids))
+    return found
+
+
 def user_list(*, page: PageParams) -> list[User]:
     """Users by id; fetches limit+1 rows so the caller knows whether a next page exists.
     Scatter-gather: every shard returns its first limit+1 users after the cursor, and the pages

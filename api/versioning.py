@@ -26,8 +26,8 @@ L1 in front of it). A user update already invalidates that entry on every app se
 (writes.user_changed; the L1 by pub/sub), or replaces it in write-through and write-behind, so a
 v2 response never embeds an older author than GET /api/v1/users/{id} would show, with no new key
 and no new invalidation to get wrong. The price: a v2 response parses v1's bytes, transforms and
-renders them again, and looks up each distinct author (an L1 hit, a Valkey round trip, or a query
-on a miss, which fills the user's entry for the next reader). v2 posts pages are stored under their
+renders them again, and looks up each distinct author (an L1 hit or a Valkey round trip; those
+that miss are read in one query per shard and fill their users' entries for the next reader). v2 posts pages are stored under their
 own keys (a page's key is its URL, and its `next` link differs), holding v1's form.
 
 v1's lifecycle: with the topology's `versioning.v1_deprecation` set, v1 responses of the routes
@@ -145,34 +145,38 @@ def _owners(shape: str, data: dict) -> list[str]:
 
 
 def fetch_authors(user_ids: list[str]) -> dict[str, dict]:
-    """Each author as GET /users/{id} would show the user: through its cache entry when the cache
-    is on (filling it on a miss), from the user's shard when it is off. X-Cache keeps describing
-    the response's own entry, made worse (never better) by an author that missed."""
-    found = {}
-    with _x_cache_kept():
-        for user_id in user_ids:
-            try:
-                found[user_id] = author_of(_user_data(int(user_id)))
-            except NotFound:  # deleted while this response was being made
-                found[user_id] = {"id": user_id, "username": None, "name": None}
-    return found
-
-
-def _user_data(user_id: int) -> dict:
-    """v1's `data` of GET /users/{id}, exactly as that view caches it (same key, bytes and ETag)."""
+    """Each author as GET /users/{id} would show the user: through the user's cache entry when the
+    cache is on, and from the database for the rest, filling their entries as GET /users/{id}
+    does (same key, bytes and ETag). One author (a page, a post) is read like GET /users/{id}
+    reads it, query cache included; several (a search page) in one query per shard. X-Cache keeps
+    describing the response's own entry, made worse (never better) by an author that missed."""
     from api import selectors
     from api.serializers import UserSerializer
-    entry = reads.user_entry(user_id)
-    if entry is not None:
-        hit = reads.lookup(entry)
-        if hit is not None:
-            return json.loads(hit.data)
-    data = UserSerializer(selectors.user_get(user_id=user_id)).data
-    if entry is not None:
-        with timing.timed("render"):
-            rendered, etag = render_data(data), etag_for(data)
-        reads.fill(entry, rendered, etag)
-    return data
+    found, missing = {}, {}
+    with _x_cache_kept():
+        for user_id in user_ids:
+            entry = reads.user_entry(int(user_id))
+            hit = reads.lookup(entry) if entry is not None else None
+            if hit is not None:
+                found[user_id] = author_of(json.loads(hit.data))
+            else:
+                missing[user_id] = entry
+        rows = selectors.users_by_id(user_ids=[int(u) for u in missing]) if len(missing) > 1 else {}
+        users = {}
+        for user_id in missing:
+            try:
+                users[user_id] = rows.get(int(user_id)) or selectors.user_get(user_id=int(user_id))
+            except NotFound:  # deleted while this response was being made
+                found[user_id] = {"id": user_id, "username": None, "name": None}
+        # One serializer for them all: each instance of one costs a deep copy of its fields.
+        for user_id, data in zip(users, UserSerializer(list(users.values()), many=True).data):
+            entry = missing[user_id]
+            if entry is not None:
+                with timing.timed("render"):
+                    rendered, tag = render_data(data), etag_for(data)
+                reads.fill(entry, rendered, tag)
+            found[user_id] = author_of(data)
+    return found
 
 
 _WORSE = {"hit-l1": 0, "hit": 1, "miss": 2}
