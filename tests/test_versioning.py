@@ -330,6 +330,12 @@ def test_the_schema_documents_both_versions_without_warnings(stack):
     post = schema["components"]["schemas"]["PostV2"]["properties"]
     assert list(post) == V2_POST_KEYS and post["created_at"]["type"] == "integer"
     assert schema["components"]["schemas"]["Post"]["properties"]["created_at"]["format"] == "date-time"
+    # v1's lifecycle headers are documented where they can appear: v1 routes v2 also serves.
+    lifecycle = {"Deprecation", "Sunset", "Link"}
+    assert lifecycle <= set(paths["/api/v1/users/{user_id}"]["get"]["responses"]["200"]["headers"])
+    assert lifecycle <= set(paths["/api/v1/search/posts"]["get"]["responses"]["200"]["headers"])
+    assert not lifecycle & set(paths["/api/v2/users/{user_id}"]["get"]["responses"]["200"].get("headers", {}))
+    assert not lifecycle & set(paths["/api/v1/admin/topology"]["get"]["responses"]["200"].get("headers", {}))
 
 
 # --- the transformation alone (pure) ------------------------------------------------------------------

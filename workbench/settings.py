@@ -184,13 +184,17 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Scalable API Workbench",
     "DESCRIPTION": "The users/posts API of the workbench. Every response is wrapped in "
-                   "{data, meta}; errors are RFC 9457 application/problem+json.",
+                   "{data, meta}; errors are RFC 9457 application/problem+json. /api/v2/ serves the "
+                   "same resources as /api/v1/ with another representation: timestamps in Unix epoch "
+                   "milliseconds instead of RFC 3339, and a post's `author` object instead of its "
+                   "`user_id`.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     # The gateway's own headers and answers (the rate limiter's) on every operation it limits.
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
-                             "api.gateway.openapi.document_rate_limits"],
+                             "api.gateway.openapi.document_rate_limits",
+                             "api.views.v2.document_v1_lifecycle"],
 }
 
 LOGGING = {

@@ -170,3 +170,32 @@ def twin(view: type, shapes: dict) -> type:
 
 
 VIEWS = tuple((route, twin(view, shapes)) for route, view, shapes in ROUTES)
+
+
+# --- v1's lifecycle headers, in the schema (a drf-spectacular postprocessing hook, settings) --------
+LIFECYCLE_HEADERS = {
+    "Deprecation": {"description": "RFC 9745: when v1 is (or will be) deprecated, `@<Unix seconds>`. Sent while "
+                                   "the topology's `versioning.v1_deprecation` is set.",
+                    "schema": {"type": "string"}, "example": "@1767225600"},
+    "Sunset": {"description": "RFC 8594: when v1 may stop answering, an HTTP-date. Sent while the topology's "
+                              "`versioning.v1_sunset` is set.",
+               "schema": {"type": "string"}, "example": "Thu, 31 Dec 2026 23:59:59 GMT"},
+    "Link": {"description": "With `Deprecation`: the same resource in v2 (rel=\"successor-version\") and the API "
+                            "docs (rel=\"deprecation\").", "schema": {"type": "string"},
+             "example": '<https://host/api/v2/users/1>; rel="successor-version", '
+                        '<https://host/api/docs>; rel="deprecation"; type="text/html"'},
+}
+
+
+def document_v1_lifecycle(result, generator, request, public):
+    """Every v1 operation whose path v2 serves too may carry v1's lifecycle headers."""
+    result.setdefault("components", {}).setdefault("headers", {}).update(LIFECYCLE_HEADERS)
+    paths = result.get("paths", {})
+    for path, item in paths.items():
+        if not (path.startswith(versioning.V1) and versioning.V2 + path[len(versioning.V1):] in paths):
+            continue
+        for operation in item.values():
+            for response in operation.get("responses", {}).values() if isinstance(operation, dict) else ():
+                response.setdefault("headers", {}).update(
+                    {name: {"$ref": f"#/components/headers/{name}"} for name in LIFECYCLE_HEADERS})
+    return result
