@@ -3,7 +3,8 @@
 Parts: `gateway` (the in-process gateway's own work before and after the view, the rate limiter's
 one Valkey round trip included), `cache` (calls to the caching layers, api.caching.request), `db`
 (database queries, including any emulated round trip), `render` (turning data into JSON bytes), and
-`app`, the whole time in the app server. What `app` has beyond the parts is Python in the view:
+`app`, the whole time in the app server. `queue` (api.gateway.shedding) is not part of `app`: the
+time the request waited between Caddy's stamp and a worker picking it up. What `app` has beyond the parts is Python in the view:
 routing, serializers, the framework.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextvars
 import time
 from contextlib import contextmanager
 
-PARTS = ("gateway", "db", "render")
+PARTS = ("queue", "gateway", "db", "render")
 
 _spent: contextvars.ContextVar[dict | None] = contextvars.ContextVar("timing", default=None)
 

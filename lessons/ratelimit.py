@@ -1,6 +1,7 @@
 """The rate-limit section of the Stack status page: the limiter's live rules (the topology's
 `rate_limit` group, as the app servers run it) and how many requests it allowed and refused, over
-every app server. Numbers come from GET /api/v1/admin/ratelimit (api/gateway/ratelimit.py)."""
+every app server; and the load shedder's (api/gateway/shedding.py). Numbers come from
+GET /api/v1/admin/ratelimit (api/gateway/ratelimit.py)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -36,6 +37,47 @@ proxy limiting) when many services must share the same limits and credentials, o
 traffic must be dropped before it costs an app server any work.
 """
 
+SHEDDING_LESSON = """
+**Shedding vs queueing.** In a spike, requests arrive faster than the workers can serve them. With
+no admission limit they queue: every request waits behind all the others, latency grows for as long
+as the spike lasts, and clients time out on requests the server then serves anyway, work thrown
+away while the live requests behind them wait longer still. Shedding refuses the excess at once
+(`503` with `Retry-After`, unprocessed, before any database or cache work) so the requests it
+admits are served at normal latency: some clients get a fast "not now" instead of every client
+getting a slow, possibly useless answer.
+
+**Why queue time.** Caddy stamps each request with the moment it forwarded it (`X-Request-Start`);
+when a worker picks the request up, the gateway knows how long it waited in the queues in front of
+the workers (the socket's, gunicorn's). That is what the client feels, and it grows without bound in
+a spike while the service time barely moves. CPU is a poor signal (saturated long before latency
+suffers, and blind to a request blocked on the database); a concurrency cap needs the right number,
+which changes with the workload. Queue time needs no tuning to the hardware: a budget in
+milliseconds, set in the topology (`shedding.queue_budget_ms`). The stamp is believed only from
+the trusted proxy, like `X-Forwarded-For`. The `X-Shed` header and the `queue` part of
+`Server-Timing` show it on each response.
+"""
+
+
+def render_shedding(data: dict | None) -> None:
+    if not data:
+        return
+    st.subheader("Load shedding")
+    counters = data["counters"]
+    _metrics({"Load shedding": "on" if data["enabled"] else "off", "Queue budget": f"{data['queue_budget_ms']:,} ms",
+              "Admitted": f"{counters['admitted']:,}", "Shed (503)": f"{counters['shed']:,}"})
+    st.caption(f"Counted over every app server since the stack started, while shedding was on. "
+               f"{counters['no_stamp']:,} requests had no trusted {data['stamp_header']} stamp (sent straight to "
+               f"an app server) and were admitted unchecked. A shed response carries Retry-After: "
+               f"{data['retry_after_s']} s.")
+    with st.expander("How load shedding works"):
+        st.markdown(SHEDDING_LESSON)
+
+
+def _metrics(values: dict) -> None:
+    """One row of st.metric, label -> value."""
+    for col, (label, value) in zip(st.columns(len(values)), values.items()):
+        col.metric(label, value)
+
 
 def _rule_rows(rules: list[dict]) -> list[dict]:
     return [{"rule": r["name"], "per": " + ".join(r["per"]) or "(one bucket for all)",
@@ -50,11 +92,8 @@ def render(data: dict) -> None:
         st.info(f"The admin rate-limit API did not answer: {data['error']}")
         return
     counters = data["counters"]
-    cols = st.columns(4)
-    cols[0].metric("Rate limiter", "on" if data["enabled"] else "off")
-    cols[1].metric("Valkey down", f"fail {data['on_error']}")
-    cols[2].metric("Allowed", f"{counters['allowed']:,}")
-    cols[3].metric("Limited (429)", f"{counters['limited']:,}")
+    _metrics({"Rate limiter": "on" if data["enabled"] else "off", "Valkey down": f"fail {data['on_error']}",
+              "Allowed": f"{counters['allowed']:,}", "Limited (429)": f"{counters['limited']:,}"})
     st.caption(f"Counted over every app server since the stack started, while the limiter was on. With the "
                f"state Valkey unreachable: {counters['fail_open']:,} let through unchecked (fail-open), "
                f"{counters['fail_closed']:,} refused with 503 (fail-closed). X-Forwarded-For is believed only "
@@ -64,3 +103,4 @@ def render(data: dict) -> None:
         st.table(pd.DataFrame(_rule_rows(data["rules"])).set_index("rule"))
     with st.expander("How the rate limiter works"):
         st.markdown(LESSON)
+    render_shedding(data.get("shedding"))

@@ -22,7 +22,8 @@ METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "An
            "Application cache", "Invalidation", "L1", "Query cache",
            "Queued, not yet flushed", "Oldest waiting (s)", "State Valkey fsync", "Flusher",
            "Read model", "Documents", "Outbox pending", "Oldest pending", "Staleness p95",
-           "Rate limiter", "Valkey down", "Allowed", "Limited (429)"]
+           "Rate limiter", "Valkey down", "Allowed", "Limited (429)",
+           "Load shedding", "Queue budget", "Admitted", "Shed (503)"]
 LAG = "replay lag (ms, 100 ms resolution)"  # [lag] sample_interval_s = 0.1 in workbench/parameters.toml
 
 # A controller report as GET /status carries it (shape taken from a running stack with two

@@ -202,6 +202,16 @@ class Versioning:
 
 
 @dataclass(frozen=True)
+class Shedding:
+    """Load shedding (api/gateway/shedding.py): a request that waited longer than `queue_budget_ms`
+    between Caddy's arrival stamp and a worker picking it up is answered at once with 503 and
+    `Retry-After: retry_after_s`, unprocessed. Off by default."""
+    enabled: bool = _bool(False)
+    queue_budget_ms: int = _int(50, 1, 60_000)
+    retry_after_s: int = _int(1, 1, 3600)
+
+
+@dataclass(frozen=True)
 class Topology:
     replicas: int = _int(0, 0, 4)
     read_policy: str = _choice("round_robin", "round_robin", "random", "least_lag")
@@ -238,6 +248,8 @@ class Topology:
     rate_limit: RateLimit = _group(RateLimit)
     # v1's Deprecation and Sunset headers (off by default).
     versioning: Versioning = _group(Versioning)
+    # Load shedding on queue time (off by default).
+    shedding: Shedding = _group(Shedding)
 
     @property
     def shard_groups(self) -> int:

@@ -1,10 +1,10 @@
-"""The in-process gateway: request id, app-server stamp, rate limit (api.gateway.ratelimit), body
-size and content-type limits.
+"""The in-process gateway: request id, app-server stamp, load shedding on queue time
+(api.gateway.shedding), rate limit (api.gateway.ratelimit), body size and content-type limits.
 
 It runs first, so even a request rejected here carries X-Request-Id, X-App-Server,
 X-Topology-Version and X-Cache (api.caching.request). The rate limiter's time is part of the
 `gateway` Server-Timing part.
-Authentication, RBAC and shedding join this module's pipeline in later issues.
+Authentication and RBAC join this module's pipeline in later issues.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from api.caching import writes as cache_writes
 from api.routing import db, nodes
 from workbench import topology
 
-from . import ratelimit
+from . import ratelimit, shedding
 from .problems import field_error, problem, problem_response
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -48,11 +48,15 @@ class GatewayMiddleware:
         token = db.begin_request(request.method, client_id)
         cache_token = cache_request.begin(request.method)
         try:
-            limited = ratelimit.check(request)  # None when the limiter is off or no rule applies
-            refused = (limited and limited.refusal) or self._limits(request)
+            # Shedding first: a request that queued past the budget costs no Valkey or database work.
+            shed = shedding.check(request)
+            limited = None if shed else ratelimit.check(request)  # None when off or no rule applies
+            refused = shed or (limited and limited.refusal) or self._limits(request)
             if refused is not None:
                 self._drain(request)
             timing.add("gateway", time.perf_counter() - started)
+            if refused is None:
+                faults.point("handler")  # tests: a slow request (X-Workbench-Pause: handler:<s>)
             response = refused or self.get_response(request)
             cache_writes.retry_pending()  # invalidations that failed while the cache was down
         finally:

@@ -235,6 +235,13 @@ def _trusted(address, proxies) -> bool:
     return any(address in network for network in proxies)
 
 
+def from_trusted_proxy(meta: dict, proxies=None) -> bool:
+    """Whether the TCP peer is a trusted proxy: only then are the headers it adds (X-Forwarded-For,
+    the load shedder's X-Request-Start) believed."""
+    address = _address(meta.get("REMOTE_ADDR") or "")
+    return address is not None and _trusted(address, settings.TRUSTED_PROXIES if proxies is None else proxies)
+
+
 def client_ip(meta: dict, proxies=None) -> str:
     """The client's address: REMOTE_ADDR, or, when that is a trusted proxy, the right-most address
     in X-Forwarded-For that is not one (an unparsable entry stops the walk: the hop to its right,

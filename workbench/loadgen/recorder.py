@@ -12,7 +12,9 @@ LATE_US = 1000              # a send that left more than 1 ms after its intended
 MAX_LATE_SHARE = 0.01       # more than 1% late sends make the run invalid
 # Response headers a request is attributed by, whichever the stack sends (DESIGN.md section 2).
 ATTRIBUTION_HEADERS = ("X-App-Server", "X-DB-Node", "X-Cache", "X-Query-Cache", "X-Write-Behind", "X-Read-Model",
-                       "X-RateLimit-Status")
+                       "X-RateLimit-Status", "X-Shed")
+# Headers whose value varies per response (`X-Shed: queue-time=412ms`): attributed by the name before `=`.
+ATTRIBUTE_BY_NAME = {"X-Shed"}
 
 
 def server_timing(header: str) -> dict[str, float]:
@@ -49,6 +51,7 @@ class Recorder:
         self.histogram = new_histogram()      # latency from the intended send time
         self.service = new_histogram()        # latency from the actual send time (what closed loops see)
         self.lag = new_histogram()            # actual send - intended send
+        self.admitted = new_histogram()       # latency of the successes only (what a shed spike leaves served)
         self.seconds: dict[int, Second] = collections.defaultdict(Second)
         self.scheduled = 0
         self.sent = 0
@@ -79,6 +82,7 @@ class Recorder:
         self.by_kind[kind] += 1
         if outcome == "ok":
             self.ok += 1
+            self.admitted.record_value(latency_us)
             bucket.ok += 1
         else:
             self.errors[outcome] += 1
@@ -87,7 +91,7 @@ class Recorder:
             for name in ATTRIBUTION_HEADERS:
                 value = headers.get(name)
                 if value:
-                    self.attribution[name][value] += 1
+                    self.attribution[name][value.split("=", 1)[0] if name in ATTRIBUTE_BY_NAME else value] += 1
             timing = headers.get("Server-Timing")
             if timing:
                 self.timed += 1
@@ -97,7 +101,7 @@ class Recorder:
     def to_dict(self) -> dict:
         return {
             "histogram": self.histogram.encode().decode(), "service": self.service.encode().decode(),
-            "lag": self.lag.encode().decode(),
+            "lag": self.lag.encode().decode(), "admitted": self.admitted.encode().decode(),
             "seconds": {str(s): {"sent": b.sent, "ok": b.ok, "errors": dict(b.errors),
                                  "histogram": b.histogram.encode().decode()} for s, b in self.seconds.items()},
             "scheduled": self.scheduled, "sent": self.sent, "ok": self.ok, "errors": dict(self.errors),
@@ -113,6 +117,8 @@ class Recorder:
             total.histogram.add(HdrHistogram.decode(part["histogram"]))
             total.service.add(HdrHistogram.decode(part["service"]))
             total.lag.add(HdrHistogram.decode(part["lag"]))
+            if part.get("admitted"):
+                total.admitted.add(HdrHistogram.decode(part["admitted"]))
             for key, raw in part["seconds"].items():
                 bucket = total.seconds[int(key)]
                 bucket.sent += raw["sent"]
@@ -155,6 +161,7 @@ class Recorder:
             "achieved_rps": round(self.ok / duration_s, 1) if duration_s else None,
             "sent_rps": round(self.sent / duration_s, 1) if duration_s else None,
             "latency": pct(self.histogram), "service_time": pct(self.service),
+            "admitted_latency": pct(self.admitted),  # successes only: shed (503) and failed requests left out
             "generator_lag": {**pct(self.lag), "late_share": round(self.late_share(), 5)},
             "valid": valid, "invalid_reason": why,
             "by_kind": dict(self.by_kind),

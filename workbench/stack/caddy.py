@@ -28,7 +28,10 @@ def config(cfg: StackConfig) -> dict:
                 # A dial that fails (an app server restarting) is tried on the next upstream for up
                 # to 5 s: nothing was sent, so the retry is safe even for writes. Health checks and
                 # other policies come with the load-balancer work.
+                # X-Request-Start: when Caddy forwarded the request (replacing any the client sent),
+                # so the app server can tell how long it queued (api/gateway/shedding.py).
                 {"handle": [{"handler": "reverse_proxy", "upstreams": upstreams,
+                             "headers": {"request": {"set": {"X-Request-Start": ["t={time.now.unix_ms}"]}}},
                              "load_balancing": {"selection_policy": {"policy": "round_robin"},
                                                 "try_duration": "5s", "try_interval": "100ms"}}]},
             ],
