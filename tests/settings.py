@@ -10,5 +10,6 @@ os.environ.setdefault("WORKBENCH_SEED_USERS", "300")
 os.environ.setdefault("WORKBENCH_SEED_POSTS_PER_USER", "5")
 os.environ.setdefault("WORKBENCH_RECONCILE_INTERVAL", "2")
 os.environ["WORKBENCH_FAULTS"] = "1"  # lets a request pause at a named point so a test can SIGKILL
+os.environ["WORKBENCH_TEST_FAST_PASSWORD_HASHING"] = "1"  # sign-ups cost 0.2 s of CPU each otherwise
 
 from workbench.settings import *  # noqa: E402,F401,F403

@@ -98,6 +98,12 @@ DATABASES = {"default": _database(STACK.meta_db_url), **_data_databases()}
 DATABASE_ROUTERS = ["api.routing.db.Router"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "api.Account"
+# The test suite signs up hundreds of users, and PBKDF2 costs about 0.2 s of CPU each on these
+# machines: the tests' stack hashes new passwords with MD5 instead (tests/conftest.py sets this).
+# Never set it for real use. Existing PBKDF2 hashes still verify.
+if env.bool("WORKBENCH_TEST_FAST_PASSWORD_HASHING", default=False):
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher",
+                        "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
 
 CACHES = {
     "default": {
