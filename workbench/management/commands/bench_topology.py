@@ -17,6 +17,8 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
                Cluster (`cache_nodes`), and the 3-node cluster losing one node (SIGKILL) mid-run
   ratelimit    the rate limiter's added latency: cached GET /users/{id} with the limiter off vs on
                (one rule, three rules) with rules so generous that nothing is refused
+  spike        a traffic spike (2 x the measured capacity C, 10x the normal 0.2 x C) with load shedding
+               off vs on: admitted p95, share shed, generator lag (workbench/loadgen/spike.py)
 
 A case may name a placement (`sharding`, `shards`): those change only by resharding, so the
 suite reshards in-process (api/routing/reshard.py, what `manage.py reshard` runs) before it
@@ -31,6 +33,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from api.routing import reshard, shards as shard_names
 from workbench import parameters, topology
+from workbench.loadgen import spike
 from workbench.loadgen.client import RunClient, RunError, TopologyClient, TopologyError
 from workbench.loadgen.report import (BENCHMARKS_DOC, add_bench_arguments, cpu_mean, median as _median, new_row,
                                       record_pair, shard_shares, write_doc_block)
@@ -113,6 +116,7 @@ def suites(strategy: str = "hash") -> dict:
                      ("limiter on, 3 rules (per IP, per endpoint, per IP and endpoint)",
                       {"cache": hits, "rate_limit": {"enabled": True, "rules": LIMITER_THREE}})]
     return {
+        "spike": ("Load shedding: a traffic spike", spike.WHAT, spike.WORKLOAD, list(spike.CASES)),
         "ratelimit": ("Rate limiting: the limiter's added latency",
                       "GET /users/{id} over a hot set of 200 users (uniform), reads only, 0 replicas, cache-aside "
                       "(nearly every read a hit, so the limiter's share of each request shows), emulation off, "
@@ -184,6 +188,8 @@ class Command(BaseCommand):
         heading, what, workload, cases = suites(o["strategy"])[o["suite"]]
         self.stdout.write(f"suite {o['suite']}: {len(cases)} cases x {o['repeats']} repetitions; closed "
                           f"{o['connections']} connections and open {o['rate']:g} req/s, {o['duration']:g} s each")
+        if o["suite"] == "spike":
+            return self.spike(cfg, runs, topo, o, heading, what)
         table = {label: new_row() for label, *_ in cases}
         self.reshards: list[dict] = []
         try:
@@ -246,6 +252,17 @@ class Command(BaseCommand):
             text = render_ratelimit(cfg, o, what, table)
         else:
             text = render(cfg, o, heading, what, table)
+        self.stdout.write(text)
+        if not o["no_write"]:
+            write_doc_block(f"bench-{o['suite']}", text, heading)
+            self.stdout.write(f"written to {BENCHMARKS_DOC}")
+
+    def spike(self, cfg, runs: RunClient, topo: TopologyClient, o: dict, heading: str, what: str) -> None:
+        try:
+            table, budget = spike.run(runs, topo, o, self.stdout.write)
+        except (RunError, TopologyError) as exc:
+            raise CommandError(str(exc)) from None
+        text = spike.render(_preamble(cfg, o, what)[:2], table, budget, _provenance(table))
         self.stdout.write(text)
         if not o["no_write"]:
             write_doc_block(f"bench-{o['suite']}", text, heading)
