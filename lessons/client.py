@@ -15,7 +15,7 @@ class StackClient:
         self.session = requests.Session()
 
     def _controller_headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.cfg.controller_token() or ''}"}
+        return self.cfg.operator_headers()
 
     def status(self) -> dict | None:
         try:

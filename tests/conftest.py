@@ -16,6 +16,25 @@ from workbench.loadgen.client import TopologyClient  # noqa: E402
 from workbench.stack import config, launcher  # noqa: E402
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
+STACK = config.load()
+
+
+# Writes need a token (api/gateway/auth.py). The tests of every other capability act as the
+# operator, whose credential is the controller token: it is sent on each request that names no
+# Authorization of its own. A test of another principal sends its own header; `{"Authorization":
+# None}` sends none at all (requests drops headers set to None).
+_send = requests.Session.request
+
+
+def _as_operator(self, method, url, **kwargs):
+    headers = kwargs.get("headers") or {}
+    if not any(str(name).lower() == "authorization" for name in headers) and "Authorization" not in self.headers:
+        kwargs["headers"] = {**headers, **STACK.operator_headers()}
+    return _send(self, method, url, **kwargs)
+
+
+requests.Session.request = _as_operator
+ANONYMOUS = {"Authorization": None}
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):

@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from conftest import wait_for
+from conftest import ANONYMOUS, wait_for
 from tests.settings import ROOT
 from workbench import topology
 
@@ -19,7 +19,7 @@ def admin(stack_config, api_url, **kw):
 
 
 def test_the_report_needs_the_admin_token(api_url):
-    response = requests.get(f"{api_url}/admin/cache", timeout=10)
+    response = requests.get(f"{api_url}/admin/cache", headers=ANONYMOUS, timeout=10)
     assert response.status_code == 401
     assert response.headers["Content-Type"] == "application/problem+json"
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from conftest import ROOT, assert_problem, wait_for
+from conftest import ANONYMOUS, ROOT, assert_problem, wait_for
 from workbench import topology
 
 DEFAULTS = topology.Topology().to_dict()
@@ -208,7 +208,7 @@ def test_the_header_costs_no_valkey_call_per_request(admin, stack, stack_config)
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic {token}", "Bearer {token}x", "Bearer é"])
 def test_admin_topology_needs_the_controller_token(admin, stack_config, authorization):
     before = admin.data()
-    headers = {}
+    headers = dict(ANONYMOUS)
     if authorization:
         headers["Authorization"] = authorization.format(token=stack_config.controller_token()).encode("utf-8")
     for method in ("get", "put", "patch"):

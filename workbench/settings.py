@@ -1,6 +1,7 @@
 """Django settings: everything comes from the environment (django-environ) and the stack config."""
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -12,13 +13,14 @@ STACK = stack_config.load()
 env = environ.Env()
 
 
-def _secret_key() -> str:
-    """No secret ships with the code: one is made on first use and kept in the data dir."""
-    if env.str("DJANGO_SECRET_KEY", default=""):
-        return env.str("DJANGO_SECRET_KEY")
+def _secret(filename: str, env_name: str) -> str:
+    """No secret ships with the code: each is made on first use (the first `up`) and kept in the
+    data dir, unless the environment gives it."""
+    if env.str(env_name, default=""):
+        return env.str(env_name)
     import secrets
 
-    path = STACK.data_dir / "django-secret.key"
+    path = STACK.data_dir / filename
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -35,7 +37,7 @@ def _secret_key() -> str:
     raise RuntimeError(f"{path} is empty")
 
 
-SECRET_KEY = _secret_key()
+SECRET_KEY = _secret("django-secret.key", "DJANGO_SECRET_KEY")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 APP_SERVER_NAME = env.str("WORKBENCH_APP_SERVER", default="local")
@@ -175,11 +177,24 @@ STORAGES = {
     "avatars": _avatar_storage(),
 }
 
+# JWTs (api/gateway/auth.py): HS256 with a key made on the first `up` (never shipped); the decoder
+# accepts only this algorithm, so `alg: none` and algorithm swaps are refused.
+SIMPLE_JWT = {
+    "ALGORITHM": "HS256",
+    "SIGNING_KEY": _secret("jwt-signing.key", "WORKBENCH_JWT_SIGNING_KEY"),
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("WORKBENCH_JWT_ACCESS_MINUTES", default=15)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=1),
+    "USER_ID_FIELD": "user_id",
+    "USER_ID_CLAIM": "user_id",
+    "LEEWAY": 0,
+    "UPDATE_LAST_LOGIN": False,
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["api.gateway.envelope.EnvelopeRenderer"],
     "DEFAULT_PARSER_CLASSES": ["api.gateway.parsers.StrictJSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["api.gateway.rbac.OwnerOrRole"],
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "api.gateway.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

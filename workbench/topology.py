@@ -212,6 +212,13 @@ class Shedding:
 
 
 @dataclass(frozen=True)
+class Auth:
+    """Who may call what (api/gateway/auth.py, rbac.py). Writes always need a token, except sign-up
+    and the token endpoints; reads need one only when `anonymous_reads` is off."""
+    anonymous_reads: bool = _bool(True)
+
+
+@dataclass(frozen=True)
 class Topology:
     replicas: int = _int(0, 0, 4)
     read_policy: str = _choice("round_robin", "round_robin", "random", "least_lag")
@@ -250,6 +257,8 @@ class Topology:
     versioning: Versioning = _group(Versioning)
     # Load shedding on queue time (off by default).
     shedding: Shedding = _group(Shedding)
+    # Authentication: whether reads may be anonymous.
+    auth: Auth = _group(Auth)
 
     @property
     def shard_groups(self) -> int:

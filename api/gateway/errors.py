@@ -113,8 +113,13 @@ def exception_handler(exc, context):
     elif isinstance(exc, exceptions.NotFound):
         body = problem(code, TITLES[code], str(exc.detail), kind="not-found")
     elif isinstance(exc, exceptions.NotAuthenticated) and code == 401:
+        fields = getattr(exc, "fields", None) or [("Authorization", "header")]  # api.views.auth: the body's
         body = problem(code, TITLES[code], str(exc.detail), kind="unauthorized",
-                       errors=[field_error("Authorization", str(exc.detail), "header")])
+                       errors=[field_error(name, str(exc.detail), where) for name, where in fields])
+    elif isinstance(exc, exceptions.PermissionDenied):  # api.gateway.rbac.Forbidden names the path's owner
+        field = getattr(exc, "field", None)
+        body = problem(code, TITLES[code], str(exc.detail), kind="forbidden",
+                       errors=[field_error(field, str(exc.detail), exc.where)] if field else None)
     elif isinstance(exc, exceptions.ValidationError):
         errors = _flatten(exc.detail)
         body = problem(code, TITLES[code], "; ".join(f"{e['field']}: {e['detail']}" for e in errors),

@@ -21,7 +21,7 @@ from api.caching import writes as cache_writes
 from api.routing import db, nodes
 from workbench import topology
 
-from . import ratelimit, shedding
+from . import auth, ratelimit, shedding
 from .problems import field_error, problem, problem_response
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -50,8 +50,10 @@ class GatewayMiddleware:
         try:
             # Shedding first: a request that queued past the budget costs no Valkey or database work.
             shed = shedding.check(request)
-            limited = None if shed else ratelimit.check(request)  # None when off or no rule applies
-            refused = shed or (limited and limited.refusal) or self._limits(request)
+            # Then who it is (a bad or missing token is a 401 here), so the limiter can key by user.
+            unauthenticated = None if shed else auth.check(request)
+            limited = None if shed or unauthenticated else ratelimit.check(request)  # None: off, or no rule
+            refused = shed or unauthenticated or (limited and limited.refusal) or self._limits(request)
             if refused is not None:
                 self._drain(request)
             timing.add("gateway", time.perf_counter() - started)

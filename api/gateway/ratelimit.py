@@ -87,7 +87,6 @@ FIXED_WINDOW_S = 3600                    # the life of a bucket that never refil
 BREAKER_S = 1.0                          # after a failure, Valkey is skipped this long
 TIMEOUT_S = 0.25                         # a healthy Valkey answers in well under 1 ms
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LIMITED_PATH = re.compile(r"^/api/(?!v[0-9]+/admin/)")
 NO_ROUTE = "(no route)"                  # the endpoint of a path no route matches
 
@@ -213,12 +212,12 @@ def endpoint_of(request) -> tuple[str, dict]:
     return f"{request.method} {_template(match.route)}", match.kwargs
 
 
-def acting_user(request, route_params: dict):
-    """The user a request acts as. Until the gateway authenticates (issue 8 item 1), that is the
-    user in the path of a write (`POST /users/{user_id}/posts` is written as user_id); a read acts
-    as nobody. Once the authentication step runs before the limiter, this becomes the one line
-    `return request.auth_user_id` (the verified token's subject, None when anonymous)."""
-    return route_params.get("user_id") if request.method in WRITE_METHODS else None
+def acting_user(request):
+    """The user a request acts as: the verified token's (api/gateway/auth.py runs first), on reads
+    and writes alike; None when anonymous or the operator. Not the path's user: a member writing
+    to another member's path is refused by RBAC, and must not spend that member's tokens."""
+    principal = getattr(request, "principal", None)
+    return None if principal is None else principal.user_id
 
 
 def _address(text: str):
@@ -318,8 +317,8 @@ def check(request) -> Outcome | None:
     if not settings_.enabled or not settings_.rules or not LIMITED_PATH.match(request.path_info):
         return None
     rules, needs_route = compile_rules(settings_.rules)
-    endpoint, params = endpoint_of(request) if needs_route else (f"{request.method} {NO_ROUTE}", {})
-    user = acting_user(request, params)
+    endpoint, _ = endpoint_of(request) if needs_route else (f"{request.method} {NO_ROUTE}", {})
+    user = acting_user(request)
     values = {"ip": None, "user": None if user is None else str(user), "endpoint": endpoint}
     matched, keys, pks = [], [], []
     for rule in rules:

@@ -11,26 +11,27 @@ from rest_framework.response import Response
 
 from api import queries
 from api.gateway.errors import Conflict, FieldError, Unavailable
+from api.gateway.rbac import Forbidden
 from api.pagination import MAX_LIMIT, parse_limit, time_range
 from api.routing.ids import MAX_ID
 from workbench import topology
-from workbench.stack.config import bearer_matches
 
 from .base import ApiView
 from .v1 import TIME_PARAMS
 
 
-def _is_admin(request) -> bool:
-    # The token is read per request: `up` may have made a new one.
-    return bearer_matches(request.headers.get("Authorization", ""), settings.STACK.controller_token())
-
-
 class AdminView(ApiView):
+    """Admins only: an admin's token, or the controller's (the gateway decided who it is)."""
+
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        if not _is_admin(request):
-            raise exceptions.NotAuthenticated("Send `Authorization: Bearer <controller token>`; "
-                                              "the token is in the data directory's controller.token.")
+        principal = getattr(request, "principal", None)
+        if principal is None:
+            raise exceptions.NotAuthenticated("Send `Authorization: Bearer <token>`: an admin's access token, or "
+                                              "the controller token in the data directory's controller.token.")
+        if not principal.is_admin:
+            raise Forbidden(f"Only an admin may use the admin endpoints, not a {principal.role}.",
+                            field="Authorization")
 
     def get_authenticate_header(self, request):
         return 'Bearer realm="workbench-admin"'  # without one, DRF would turn the 401 into a 403
@@ -46,15 +47,17 @@ class TopologyView(AdminView):
 
     @extend_schema(operation_id="admin_topology_put", request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
     def put(self, request):
-        return self._answer(lambda s: s.replace(request.data, self._who()))
+        return self._answer(lambda s: s.replace(request.data, self._who(request)))
 
     @extend_schema(operation_id="admin_topology_patch", request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
     def patch(self, request):
-        return self._answer(lambda s: s.patch(request.data, self._who()))
+        return self._answer(lambda s: s.patch(request.data, self._who(request)))
 
     @staticmethod
-    def _who() -> str:
-        return f"api (controller token) via {settings.APP_SERVER_NAME}"
+    def _who(request) -> str:
+        principal = request.principal
+        who = "controller token" if principal.user_id is None else f"admin {principal.user_id}"
+        return f"api ({who}) via {settings.APP_SERVER_NAME}"
 
     @staticmethod
     def _answer(action) -> Response:

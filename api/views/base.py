@@ -6,6 +6,7 @@ from rest_framework.views import APIView
 
 from api import timing, versioning
 from api.caching import reads
+from api.gateway import auth
 from api.gateway.envelope import etag_for, render_data
 from api.gateway.errors import NotFound
 from api.routing import db
@@ -22,6 +23,9 @@ class CachedResponse(Response):
 
 class ApiView(APIView):
     api_version = "v1"
+
+    def get_authenticate_header(self, request):
+        return auth.CHALLENGE  # a 401 says how to authenticate (without one DRF turns it into a 403)
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)

@@ -30,7 +30,7 @@ def _error(response) -> RunError:
 class RunClient:
     def __init__(self, cfg: StackConfig):
         self.cfg = cfg
-        self.headers = {"Authorization": f"Bearer {cfg.controller_token() or ''}"}
+        self.headers = cfg.operator_headers()
 
     def start(self, workload: dict, label: str = "") -> str:
         response = requests.post(self.cfg.controller_url + "/runs", json={"workload": workload, "label": label},
@@ -87,7 +87,7 @@ class TopologyClient:
 
     def __init__(self, cfg: StackConfig):
         self.url = cfg.api_url + "/api/v1/admin/topology"
-        self.headers = {"Authorization": f"Bearer {cfg.controller_token() or ''}"}
+        self.headers = cfg.operator_headers()
 
     def send(self, method: str, body: dict | None = None, **kw) -> requests.Response:
         return requests.request(method, self.url, json=body, headers=self.headers, timeout=30, **kw)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import random
+import re
 import time
 
 import aiohttp
@@ -21,11 +22,15 @@ NAP_S = 0.0002
 START_LEAD_S = 0.2      # time to open connections before the first intended send
 
 
+OWNER = re.compile(r"^/api/v[0-9]+/users/([0-9]+)")
+
+
 class Sender:
     """An HTTP client per source address; keep-alive connections, no limit on their number."""
 
-    def __init__(self, base_url: str, w: Workload):
+    def __init__(self, base_url: str, w: Workload, tokens: dict | None = None):
         self.base_url = base_url.rstrip("/")
+        self.tokens = tokens or {}
         self.timeout = aiohttp.ClientTimeout(total=w.timeout_s)
         self.sessions = [aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, local_addr=(ip, 0) if ip else None, ttl_dns_cache=None),
@@ -35,8 +40,13 @@ class Sender:
     async def send(self, index: int, method: str, path: str, body):
         """Returns (outcome, headers): outcome "ok", an HTTP status, or a transport error kind."""
         session = self.sessions[index % len(self.sessions)]
+        headers = None
+        if method != "GET" and self.tokens:  # a write goes as the user whose path it writes to
+            owner = OWNER.match(path)
+            token = self.tokens.get(owner.group(1)) if owner else None
+            headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            async with session.request(method, self.base_url + path, json=body) as response:
+            async with session.request(method, self.base_url + path, json=body, headers=headers) as response:
                 await response.read()
                 return ("ok" if response.status < 400 else str(response.status)), response.headers
         except asyncio.TimeoutError:
@@ -125,7 +135,8 @@ async def _drain(tasks: set, timeout: float, recorder: Recorder) -> None:
     recorder.dropped += len(pending)
 
 
-def run_part(w: Workload, base_url: str, users: list, posts: list, part: int, parts: int, counters=None) -> dict:
+def run_part(w: Workload, base_url: str, users: list, posts: list, part: int, parts: int, counters=None,
+             tokens: dict | None = None) -> dict:
     """One process's share of the run; returns its recorder as a dict, to be merged."""
     keys = Keys(users, posts, w) if w.path is None else None
     recorder = Recorder()
@@ -136,7 +147,7 @@ def run_part(w: Workload, base_url: str, users: list, posts: list, part: int, pa
                 counters[0 if outcome == "ok" else 1] += 1
 
     async def main():
-        sender = Sender(base_url, w)
+        sender = Sender(base_url, w, tokens)
         try:
             loop = open_loop if w.mode == "open" else closed_loop
             await loop(w, keys, sender.send, recorder, part, parts, progress=progress)
@@ -154,14 +165,16 @@ def _part_main(queue, *args) -> None:
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def run(w: Workload, base_url: str, users: list, posts: list, processes: int, counters=None) -> Recorder:
+def run(w: Workload, base_url: str, users: list, posts: list, processes: int, counters=None,
+        tokens: dict | None = None) -> Recorder:
     """Run the workload over `processes` OS processes and merge what they measured. `counters`, a
-    multiprocessing Array('q', 2) of (ok, errors), gives live progress."""
+    multiprocessing Array('q', 2) of (ok, errors), gives live progress; `tokens`, user id -> access
+    token, lets each write go as its owner."""
     if processes <= 1:
-        return Recorder.merge([run_part(w, base_url, users, posts, 0, 1, counters)])
+        return Recorder.merge([run_part(w, base_url, users, posts, 0, 1, counters, tokens)])
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_part_main, args=(queue, w, base_url, users, posts, p, processes, counters),
+    procs = [ctx.Process(target=_part_main, args=(queue, w, base_url, users, posts, p, processes, counters, tokens),
                          daemon=True) for p in range(processes)]
     for proc in procs:
         proc.start()

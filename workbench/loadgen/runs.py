@@ -7,6 +7,8 @@ import multiprocessing
 import os
 import platform
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -19,7 +21,7 @@ import redis
 
 from api.routing import nodes
 from workbench import topology as topology_doc
-from workbench.stack.config import StackConfig
+from workbench.stack.config import PROJECT_DIR, StackConfig
 
 from . import engine
 from .workload import Workload, check_target
@@ -43,6 +45,32 @@ def load_keys(cfg: StackConfig, sample: int = KEY_SAMPLE) -> tuple[list[int], li
             users += [r[0] for r in conn.execute("SELECT id FROM api_user ORDER BY id LIMIT %s", (share,))]
             posts += conn.execute("SELECT user_id, id FROM api_post ORDER BY id DESC LIMIT %s", (share,)).fetchall()
     return users, [tuple(p) for p in posts]
+
+
+TOKENS_MARGIN_S = 3600  # tokens that expire sooner than this are minted again
+
+
+def tokens_file(cfg: StackConfig) -> Path:
+    return cfg.data_dir / "load-tokens.json"
+
+
+def load_tokens(cfg: StackConfig, users: list[int]) -> dict[str, str]:
+    """An access token per account (`manage.py mint-tokens`), so that each write goes as its
+    owner. Minted when the file is missing, expires within TOKENS_MARGIN_S, or lacks a user the
+    run may write as (signed up since)."""
+    path = tokens_file(cfg)
+    for attempt in range(2):
+        try:
+            data = json.loads(path.read_text())
+            tokens = data["tokens"]
+            if data["expires_at"] - time.time() > TOKENS_MARGIN_S and all(str(u) in tokens for u in users):
+                return tokens
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            pass
+        if attempt == 0:
+            subprocess.run([sys.executable, str(PROJECT_DIR / "manage.py"), "mint-tokens"], check=True,
+                           capture_output=True, timeout=600)
+    raise RuntimeError(f"`manage.py mint-tokens` left no token for every user in {path}")
 
 
 def _shard_groups(cfg: StackConfig) -> int:
@@ -156,6 +184,7 @@ def execute(cfg: StackConfig, w: Workload, *, run_id: str | None = None, topolog
     target = w.target or cfg.api_url
     check_target(target)
     users, posts = load_keys(cfg) if w.path is None else ([], [])
+    tokens = load_tokens(cfg, users) if w.path is None and w.read_ratio < 1 else {}
     processes = processes_for(w)
     run_id = run_id or new_run_id()
     counters = multiprocessing.get_context("fork").Array("q", 2)
@@ -171,7 +200,7 @@ def execute(cfg: StackConfig, w: Workload, *, run_id: str | None = None, topolog
     threading.Thread(target=report, daemon=True).start()
     with CpuSampler() as cpu:
         started = time.perf_counter()
-        recorder = engine.run(w, target, users, posts, processes, counters)
+        recorder = engine.run(w, target, users, posts, processes, counters, tokens)
         wall = time.perf_counter() - started
     done.set()
     summary = recorder.summary(w.duration_s)

@@ -76,6 +76,7 @@ class Probe:
     duration_s: float = 10.0
     readers: int = 4
     write_pause_s: float = 0.25         # each writer waits this long between its writes
+    headers: dict = field(default_factory=dict)  # the writers' credential (the operator's)
     seed: int = 1
     stop_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -112,6 +113,7 @@ class Probe:
         acks = self.acks[user_id]
         version = 0
         with requests.Session() as http:
+            http.headers.update(self.headers)
             while self._going():
                 version += 1
                 try:

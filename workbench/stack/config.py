@@ -160,6 +160,11 @@ class StackConfig:
     def credentials_file(self) -> Path:
         return self.data_dir / "demo-credentials.json"
 
+    def operator_headers(self) -> dict:
+        """The operator's credential (the controller token): the admin endpoints, and the tools that
+        write through the API as the operator (stale_probe, write_behind_loss)."""
+        return {"Authorization": f"Bearer {self.controller_token() or ''}"}
+
     def controller_token(self) -> str | None:
         try:
             return self.token_file.read_text().strip()

@@ -29,7 +29,7 @@ def controller_pid(cfg: config.StackConfig) -> int | None:
 
 
 def _get(cfg: config.StackConfig, path: str, timeout: float = 5) -> dict:
-    headers = {"Authorization": f"Bearer {cfg.controller_token() or ''}"}
+    headers = cfg.operator_headers()
     response = requests.get(cfg.controller_url + path, headers=headers, timeout=timeout)
     response.raise_for_status()
     return response.json()
@@ -109,7 +109,7 @@ def down(cfg: config.StackConfig, out=print, timeout: float = 120.0) -> None:
     if pid:
         try:
             requests.post(cfg.controller_url + "/shutdown", timeout=5,
-                          headers={"Authorization": f"Bearer {cfg.controller_token() or ''}"})
+                          headers=cfg.operator_headers())
         except requests.RequestException:
             os.kill(pid, 15)  # the API is wedged: SIGTERM runs the same clean shutdown
         try:

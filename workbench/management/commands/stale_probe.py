@@ -72,7 +72,7 @@ class Command(BaseCommand):
                     topo.apply(change, replace=True)
                     time.sleep(topology.REFRESH_S + 0.3)  # every worker has picked the change up
                     result = Probe(api, users, duration_s=o["duration"], readers=o["readers"],
-                                   write_pause_s=o["write_pause_ms"] / 1000).run()
+                                   write_pause_s=o["write_pause_ms"] / 1000, headers=cfg.operator_headers()).run()
                     rows.append({"case": label, "topology": change, **result})
                     a = result["all"]
                     self.stdout.write(f"  {label}: {a['stale']:,} of {a['reads']:,} reads stale "

@@ -85,6 +85,7 @@ def measure(cfg, writes: int, fsync: str, kill_after_ms: float | None, say=print
         queued, fallback, failed = [], [], 0
         say(f"sending {writes} post creates through {cfg.api_url}")
         with requests.Session() as http:
+            http.headers.update(cfg.operator_headers())  # writes need a token: the operator's
             for i in range(writes):
                 try:
                     response = http.post(f"{api}/users/{user['id']}/posts", json={"title": f"loss {i}", "body": ""},

@@ -1,0 +1,155 @@
+"""Authentication at the gateway: who a request is, decided once, before the rate limiter and the view.
+
+Tokens are JWTs made by djangorestframework-simplejwt: `POST /api/v1/auth/token` trades a username
+and password for an access token (15 minutes) and a refresh token (a day);
+`POST /api/v1/auth/token/refresh` trades a refresh token for a new access token, with the role read
+again from `meta` (a deleted or demoted account gets nothing more). OAuth 2.0 clients get the same
+kind of access token (api/gateway/oauth.py).
+
+Verifying an access token needs no database: it is signed (HS256, with the key `up` made in the
+data directory; no key ships with the code) and carries the user id and role. So every app
+server checks any token with one HMAC, and nothing about a session lives on a server (the
+load-balancer lesson's stateless servers). The price: a token stays valid until it expires, up to
+15 minutes after its account is deleted or demoted (the refresh is where that is caught).
+
+The decoder accepts HS256 only, so an unsigned token (`alg: none`) or one signed with another
+algorithm is refused like a tampered or expired one: 401 problem+json with
+`WWW-Authenticate: Bearer error="invalid_token"`. A bad token is refused on every route, even
+where no token is needed: a client that sent credentials must learn they are wrong.
+
+What needs a token (`required`): every write under /api/, except sign-up (`POST /users`, limited per
+IP by the rate limiter's default rule) and the token endpoints; a read only when the topology's
+`auth.anonymous_reads` is off. The admin endpoints take an admin's token or the stack controller's
+own token (an opaque bearer string kept in the data directory, for the operator's tools).
+What a principal may do to whose data is api/gateway/rbac.py.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
+
+from workbench import topology
+from workbench.stack.config import bearer_matches
+
+from .problems import field_error, problem, problem_response
+
+ROLES = ("member", "moderator", "admin")
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+API_PATH = re.compile(r"^/api/v[0-9]+/")
+OPEN_WRITES = re.compile(r"^/api/v[0-9]+/(users|auth/.*|oauth/.*)$")  # sign-up and the token endpoints
+ADMIN_PATH = re.compile(r"^/api/v[0-9]+/admin/")
+CHALLENGE = 'Bearer realm="workbench"'
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: int | None  # None for the operator (the controller's token)
+    role: str
+    via: str             # "jwt", "oauth" or "controller"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class Refused(Exception):
+    def __init__(self, detail: str, error: str = "invalid_token"):
+        super().__init__(detail)
+        self.detail, self.error = detail, error
+
+
+# --- making tokens -----------------------------------------------------------------------------------
+def tokens_for(user_id: int, role: str, *, lifetime: timedelta | None = None, scope: str | None = None) -> dict:
+    """An access and a refresh token for this account. Ids travel as strings (64-bit ids do not
+    survive a JavaScript number)."""
+    refresh = RefreshToken()
+    refresh["user_id"], refresh["role"] = str(user_id), role
+    access = refresh.access_token
+    if lifetime is not None:
+        access.set_exp(lifetime=lifetime)
+    if scope is not None:
+        access["scope"] = scope
+    return {"access": str(access), "refresh": str(refresh), "token_type": "Bearer",
+            "expires_in": int(access["exp"] - access["iat"])}
+
+
+def access_token(user_id: int, role: str, *, lifetime: timedelta | None = None) -> str:
+    """Only an access token: mint-tokens and the operator's tools."""
+    access = AccessToken()
+    access["user_id"], access["role"] = str(user_id), role
+    if lifetime is not None:
+        access.set_exp(lifetime=lifetime)
+    return str(access)
+
+
+def refreshed(raw: str, role_of) -> dict:
+    """A new access token for a valid refresh token; `role_of(user_id)` gives the account's role
+    now, or None when the account is gone or not active. Raises Refused."""
+    try:
+        refresh = RefreshToken(raw)
+    except TokenError as exc:
+        raise Refused(f"The refresh token is not valid: {exc}.") from exc
+    user_id = int(refresh["user_id"])
+    role = role_of(user_id)
+    if role is None:
+        raise Refused("The account of this refresh token no longer exists or is not active.")
+    access = refresh.access_token
+    access["role"] = role
+    return {"access": str(access), "token_type": "Bearer", "expires_in": int(access["exp"] - access["iat"])}
+
+
+# --- reading them ------------------------------------------------------------------------------------
+def principal_of(authorization: str) -> Principal | None:
+    """Who the Authorization header says this is; None without one. Raises Refused."""
+    if not authorization:
+        return None
+    scheme, _, raw = authorization.partition(" ")
+    raw = raw.strip()
+    if scheme.lower() != "bearer" or not raw:
+        raise Refused("Send `Authorization: Bearer <token>`.", "invalid_request")
+    if raw.count(".") != 2:  # not a JWT: the controller's opaque token, or nothing valid
+        if bearer_matches(authorization, settings.STACK.controller_token()):
+            return Principal(None, "admin", "controller")
+        raise Refused("The token is not a JWT this API issued.")
+    try:
+        token = AccessToken(raw)
+        user_id, role = int(token["user_id"]), token.get("role", "member")
+    except (TokenError, KeyError, ValueError, TypeError) as exc:
+        raise Refused(f"The token was refused: {exc}.") from exc
+    if role not in ROLES:
+        raise Refused("The token names no known role.")
+    return Principal(user_id, role, "oauth" if token.get("scope") is not None else "jwt")
+
+
+def required(method: str, path: str) -> bool:
+    if not API_PATH.match(path) or ADMIN_PATH.match(path):
+        return False  # docs, health, and the admin endpoints (which check for themselves)
+    if method in WRITE_METHODS:
+        return not (OPEN_WRITES.match(path) and (method == "POST"))
+    return not topology.current().topology.auth.anonymous_reads
+
+
+def check(request):
+    """Sets `request.principal` (None when anonymous); answers 401 when a token is bad, or missing
+    where one is required; None to go on."""
+    request.principal = None
+    try:
+        request.principal = principal_of(request.headers.get("Authorization", ""))
+    except Refused as refused:
+        return unauthorized(refused.detail, refused.error, request.request_id)
+    if request.principal is None and required(request.method, request.path_info):
+        return unauthorized("This request needs a token: `Authorization: Bearer <access token>` "
+                            "(POST /api/v1/auth/token).", None, request.request_id)
+    return None
+
+
+def unauthorized(detail: str, error: str | None, request_id: str | None):
+    challenge = CHALLENGE + (f', error="{error}"' if error else "")
+    return problem_response(problem(401, "Unauthorized", detail, kind="unauthorized",
+                                    errors=[field_error("Authorization", detail, "header")]),
+                            request_id, {"WWW-Authenticate": challenge})
