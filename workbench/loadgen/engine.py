@@ -31,6 +31,7 @@ class Sender:
     def __init__(self, base_url: str, w: Workload, tokens: dict | None = None):
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens or {}
+        self.sign_reads = w.signed_reads
         self.timeout = aiohttp.ClientTimeout(total=w.timeout_s)
         self.sessions = [aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, local_addr=(ip, 0) if ip else None, ttl_dns_cache=None),
@@ -41,7 +42,7 @@ class Sender:
         """Returns (outcome, headers): outcome "ok", an HTTP status, or a transport error kind."""
         session = self.sessions[index % len(self.sessions)]
         headers = None
-        if method != "GET" and self.tokens:  # a write goes as the user whose path it writes to
+        if self.tokens and (method != "GET" or self.sign_reads):  # as the user whose path it is
             owner = OWNER.match(path)
             token = self.tokens.get(owner.group(1)) if owner else None
             headers = {"Authorization": f"Bearer {token}"} if token else None

@@ -184,7 +184,7 @@ def execute(cfg: StackConfig, w: Workload, *, run_id: str | None = None, topolog
     target = w.target or cfg.api_url
     check_target(target)
     users, posts = load_keys(cfg) if w.path is None else ([], [])
-    tokens = load_tokens(cfg, users) if w.path is None and w.read_ratio < 1 else {}
+    tokens = load_tokens(cfg, users) if w.path is None and (w.read_ratio < 1 or w.signed_reads) else {}
     processes = processes_for(w)
     run_id = run_id or new_run_id()
     counters = multiprocessing.get_context("fork").Array("q", 2)

@@ -42,6 +42,9 @@ class Workload:
     processes: int = 0                   # 0: as many as the rate needs (PER_PROCESS_RATE each)
     timeout_s: float = 10.0
     max_requests: int = MAX_REQUESTS
+    # Writes always carry their owner's token (mint-tokens); with this, reads of a user carry it too
+    # (the cost of verifying a token on every request).
+    signed_reads: bool = False
     path: str | None = None              # fixed path for calibration runs (overrides the mix)
     target: str | None = None            # base URL; default the stack's entry point (Caddy)
     seed: int = 1
@@ -55,6 +58,8 @@ class Workload:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, kind):
                 raise WorkloadError(name, "a number" if kind is not int else "an integer")
+        if not isinstance(self.signed_reads, bool):
+            raise WorkloadError("signed_reads", "true or false")
         for name in ("path", "target"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise WorkloadError(name, "a string")

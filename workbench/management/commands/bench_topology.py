@@ -11,8 +11,9 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
                95/5 Zipf mix, emulation off and on (RTT sweep), with the X-Query-Cache shares
   readmodel    GET /users/{id}?view=profile from the read model (Valkey documents) vs the SQL path, 95/5,
                with the documents' staleness (commit to document update) from the admin endpoint
-  fastpath     cached GET /users/{id} (Valkey, and Valkey + L1) against the bare Django JSON view,
-               both through Caddy, with where each response's time went (Server-Timing)
+  fastpath     cached GET /users/{id} (Valkey, Valkey + L1, and Valkey with the whole gateway on: a JWT
+               verified per request and the rate limiter) against the bare Django JSON view, both through
+               Caddy, with where each response's time went (Server-Timing)
   cachenodes   the caching lesson's 95/5 Zipf mix with cache-aside on 1 Valkey vs a 3-node Valkey
                Cluster (`cache_nodes`), and the 3-node cluster losing one node (SIGKILL) mid-run
   ratelimit    the rate limiter's added latency: cached GET /users/{id} with the limiter off vs on
@@ -67,6 +68,10 @@ def _emulated(rtt: float | None) -> dict:
 # limiter's check (one EVALSHA in the state Valkey per request), not refusals.
 GENEROUS = {"capacity": 1_000_000_000, "refill_per_s": 1_000_000}
 LIMITER_ONE = [{"name": "bench-per-ip", "per": ["ip"], **GENEROUS}]
+# The whole gateway on a cached read: each request's JWT verified, and a rate limiter keyed by IP and by
+# the token's user (generous: nothing refused).
+LIMITER_FULL = LIMITER_ONE + [{"name": "bench-per-user", "per": ["user"], **GENEROUS}]
+FULL_GATEWAY = "GET /users/{id}, cache-aside, full gateway (JWT verified + rate limiter per IP and per user)"
 LIMITER_THREE = LIMITER_ONE + [
     {"name": "bench-per-endpoint", "per": ["endpoint"], "endpoints": ["GET /api/*"], **GENEROUS},
     {"name": "bench-per-ip-endpoint", "per": ["ip", "endpoint"], "endpoints": ["GET /api/v*/users/{user_id}"],
@@ -105,7 +110,9 @@ def suites(strategy: str = "hash") -> dict:
     fast_cases = [("bare Django JSON view (/healthz)", {}, BARE_VIEW),
                   ("GET /users/{id}, cache off", {"cache": {"mode": "off"}}),
                   ("GET /users/{id}, cache-aside (Valkey)", {"cache": hits}),
-                  ("GET /users/{id}, cache-aside + L1", {"cache": {**hits, "l1": True, "l1_ttl_ms": 60_000}})]
+                  ("GET /users/{id}, cache-aside + L1", {"cache": {**hits, "l1": True, "l1_ttl_ms": 60_000}}),
+                  (FULL_GATEWAY, {"cache": hits, "rate_limit": {"enabled": True, "rules": LIMITER_FULL}},
+                   {**HOT_READS, "signed_reads": True})]
     aside = {"mode": "cache-aside"}
     node_cases = [("cache_nodes=1", {"cache_nodes": 1, "cache": aside}),
                   ("cache_nodes=3", {"cache_nodes": 3, "cache": aside}),
@@ -339,6 +346,7 @@ def render_caching(cfg, o, what, table) -> str:
 
 
 FAST_PATH_TARGET = 0.60  # cached GET throughput as a share of the bare view's (issue 6)
+FULL_PATH_TARGET = 0.50  # the same with the whole gateway on (issue 8)
 
 
 def render_fastpath(cfg, o, what, table) -> str:
@@ -348,7 +356,9 @@ def render_fastpath(cfg, o, what, table) -> str:
     bare_thr = _median(bare["thr"])
     parts = ("app", "gateway", "cache", "db", "render")
     lines = _preamble(cfg, o, what) + [
-        f"Target: a cached GET at least {FAST_PATH_TARGET:.0%} of the bare view's throughput, both through Caddy.",
+        f"Targets: a cached GET at least {FAST_PATH_TARGET:.0%} of the bare view's throughput, both through Caddy; "
+        f"with the whole gateway on (a token verified on every request, the rate limiter on), at least "
+        f"{FULL_PATH_TARGET:.0%}. There is no `/metrics` yet (the observability issue), so its cost is not in this row.",
         "",
         "| case | throughput (req/s) | vs bare view | p50 (ms) | p95 (ms) | X-Cache (closed runs) | "
         + " | ".join(f"{p} (ms)" for p in parts) + " | CPU, closed run | runs valid |",
@@ -361,7 +371,8 @@ def render_fastpath(cfg, o, what, table) -> str:
         ratio = thr / bare_thr if thr and bare_thr else None
         verdict = ""
         if ratio is not None and label.startswith("GET") and "cache-aside" in label:
-            verdict = " (met)" if ratio >= FAST_PATH_TARGET else " (missed)"
+            target = FULL_PATH_TARGET if label == FULL_GATEWAY else FAST_PATH_TARGET
+            verdict = " (met)" if ratio >= target else " (missed)"
         cpu = _median(row["cpu"])
         lines.append(f"| {label} | {thr or 0:,.0f} | {f'{ratio:.2f}x' if ratio else '-'}{verdict} | {p50 or 0:.2f} | "
                      f"{p95 or 0:.2f} | {shares} | " + " | ".join(f"{t or 0:.2f}" for t in timing)
