@@ -45,6 +45,8 @@ APP_SERVER_NAME = env.str("WORKBENCH_APP_SERVER", default="local")
 INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",  # only the OAuth pages' browser sessions (api/gateway/oauth.py)
+    "oauth2_provider",
     "rest_framework",
     "drf_spectacular",
     "api",
@@ -53,6 +55,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "api.gateway.middleware.GatewayMiddleware",
+    "api.gateway.oauth.BrowserSessionMiddleware",  # sessions and request.user under /api/v1/oauth/ only
     "django.middleware.common.CommonMiddleware",
 ]
 
@@ -190,6 +193,34 @@ SIMPLE_JWT = {
     "UPDATE_LAST_LOGIN": False,
 }
 
+# OAuth 2.0 (api/gateway/oauth.py, django-oauth-toolkit; its tables and the sessions' are in meta).
+# Access tokens are the JWTs above, for as long; refresh tokens stay opaque and live in meta.
+OAUTH2_PROVIDER = {
+    "ACCESS_TOKEN_GENERATOR": "api.gateway.oauth.access_token_generator",
+    "REFRESH_TOKEN_GENERATOR": "oauthlib.oauth2.rfc6749.tokens.random_token_generator",
+    "ACCESS_TOKEN_EXPIRE_SECONDS": int(SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"].total_seconds()),
+    "REFRESH_TOKEN_EXPIRE_SECONDS": 24 * 3600,
+    "OAUTH2_VALIDATOR_CLASS": "api.gateway.oauth.Validator",
+    "OAUTH2_SERVER_CLASS": "api.gateway.oauth.S256Server",
+    # Each scope stands for a role (api.gateway.auth.SCOPE_ROLES), never above the account's own.
+    "SCOPES": {"read": "Read profiles and posts (read-only: no write at all).",
+               "write": "Write your own profile and posts (a member).",
+               "moderate": "Edit and delete any member's posts (a moderator account).",
+               "admin": "Everything, and the topology (an admin account)."},
+    "DEFAULT_SCOPES": ["read"],
+    "PKCE_REQUIRED": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "ROTATE_REFRESH_TOKEN": True,
+}
+LOGIN_URL = "/api/v1/oauth/login"
+LOGIN_REDIRECT_URL = "/api/docs"
+# The session and CSRF cookies are sent only to the OAuth pages, never to the API.
+SESSION_COOKIE_PATH = CSRF_COOKIE_PATH = "/api/v1/oauth/"
+SESSION_COOKIE_AGE = 3600
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["api.gateway.envelope.EnvelopeRenderer"],
     "DEFAULT_PARSER_CLASSES": ["api.gateway.parsers.StrictJSONParser"],
@@ -215,6 +246,7 @@ SPECTACULAR_SETTINGS = {
     # The gateway's own headers and answers (the rate limiter's) on every operation it limits.
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
                              "api.gateway.openapi.document_rate_limits",
+                             "api.gateway.openapi.document_auth",
                              "api.views.v2.document_v1_lifecycle"],
 }
 

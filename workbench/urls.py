@@ -1,6 +1,7 @@
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from api.gateway import oauth
 from workbench import health
 
 urlpatterns = [
@@ -8,6 +9,7 @@ urlpatterns = [
     path("readyz", health.readyz),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/v1/oauth/", include(oauth.urlpatterns)),  # OAuth 2.0 (django-oauth-toolkit)
     path("api/v1/", include("api.urls")),
     path("api/v2/", include("api.urls_v2")),
 ]

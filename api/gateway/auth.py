@@ -39,9 +39,16 @@ from workbench.stack.config import bearer_matches
 from .problems import field_error, problem, problem_response
 
 ROLES = ("member", "moderator", "admin")
+# OAuth scopes (api/gateway/oauth.py) and the role each stands for. A token whose `scope` names none of
+# WRITE_SCOPES is read-only: api/gateway/rbac.py refuses its writes.
+SCOPE_ROLES = {"read": "member", "write": "member", "moderate": "moderator", "admin": "admin"}
+WRITE_SCOPES = frozenset({"write", "moderate", "admin"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 API_PATH = re.compile(r"^/api/v[0-9]+/")
 OPEN_WRITES = re.compile(r"^/api/v[0-9]+/(users|auth/.*|oauth/.*)$")  # sign-up and the token endpoints
+# The OAuth endpoints authenticate for themselves (a client's HTTP Basic credentials, a browser's
+# session): the gateway leaves their Authorization header alone.
+OAUTH_PATH = re.compile(r"^/api/v1/oauth/")
 ADMIN_PATH = re.compile(r"^/api/v[0-9]+/admin/")
 CHALLENGE = 'Bearer realm="workbench"'
 
@@ -51,6 +58,7 @@ class Principal:
     user_id: int | None  # None for the operator (the controller's token)
     role: str
     via: str             # "jwt", "oauth" or "controller"
+    read_only: bool = False  # an OAuth token whose scope names no writing scope
 
     @property
     def is_admin(self) -> bool:
@@ -78,12 +86,14 @@ def tokens_for(user_id: int, role: str, *, lifetime: timedelta | None = None, sc
             "expires_in": int(access["exp"] - access["iat"])}
 
 
-def access_token(user_id: int, role: str, *, lifetime: timedelta | None = None) -> str:
-    """Only an access token: mint-tokens and the operator's tools."""
+def access_token(user_id: int, role: str, *, lifetime: timedelta | None = None, scope: str | None = None) -> str:
+    """Only an access token: mint-tokens, the operator's tools and OAuth (with its `scope`)."""
     access = AccessToken()
     access["user_id"], access["role"] = str(user_id), role
     if lifetime is not None:
         access.set_exp(lifetime=lifetime)
+    if scope is not None:
+        access["scope"] = scope
     return str(access)
 
 
@@ -118,12 +128,16 @@ def principal_of(authorization: str) -> Principal | None:
         raise Refused("The token is not a JWT this API issued.")
     try:
         token = AccessToken(raw)
-        user_id, role = int(token["user_id"]), token.get("role", "member")
+        user_id, role, scope = int(token["user_id"]), token.get("role", "member"), token.get("scope")
     except (TokenError, KeyError, ValueError, TypeError) as exc:
         raise Refused(f"The token was refused: {exc}.") from exc
     if role not in ROLES:
         raise Refused("The token names no known role.")
-    return Principal(user_id, role, "oauth" if token.get("scope") is not None else "jwt")
+    if scope is None:
+        return Principal(user_id, role, "jwt")
+    if not isinstance(scope, str):
+        raise Refused("The token's scope is not a string.")
+    return Principal(user_id, role, "oauth", read_only=not (set(scope.split()) & WRITE_SCOPES))
 
 
 def required(method: str, path: str) -> bool:
@@ -138,6 +152,8 @@ def check(request):
     """Sets `request.principal` (None when anonymous); answers 401 when a token is bad, or missing
     where one is required; None to go on."""
     request.principal = None
+    if OAUTH_PATH.match(request.path_info):
+        return None
     try:
         request.principal = principal_of(request.headers.get("Authorization", ""))
     except Refused as refused:

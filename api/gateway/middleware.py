@@ -146,4 +146,6 @@ def _body_rule(request) -> tuple[int, tuple[str, ...]]:
     """The largest body the request may carry and the media types it may declare."""
     if request.method == "PUT" and AVATAR_PUT.match(request.path):
         return settings.AVATAR_MAX_BYTES, avatars.MEDIA_TYPES
+    if auth.OAUTH_PATH.match(request.path):  # OAuth 2.0 (RFC 6749) and its browser forms are form-encoded
+        return settings.MAX_BODY_BYTES, ("application/x-www-form-urlencoded",)
     return settings.MAX_BODY_BYTES, ("application/json",)

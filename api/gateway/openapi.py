@@ -59,3 +59,69 @@ def document_rate_limits(result, generator, request, public):
                 responses[code].setdefault("content", copy.deepcopy(problem))
                 responses[code].setdefault("headers", {}).update(copy.deepcopy(refusal_headers))
     return result
+
+
+# --- authentication (api/gateway/auth.py, oauth.py) and authorization (rbac.py) ----------------------
+def _security_schemes() -> dict:
+    from oauth2_provider.settings import oauth2_settings
+
+    from .oauth import PREFIX
+    scopes = dict(oauth2_settings.SCOPES)
+    token_url = f"{PREFIX}token"
+    return {
+        "jwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                "description": "An access token from POST /api/v1/auth/token (username and password) or "
+                               "/auth/token/refresh: HS256, 15 minutes, carrying user_id and role."},
+        "oauth2": {"type": "oauth2",
+                   "description": "OAuth 2.0 for third-party clients (django-oauth-toolkit). The access "
+                                  "token is the same kind of JWT, with a `scope` claim; its role is the "
+                                  "lower of the scope's and the account's. Authorization code needs PKCE "
+                                  "with S256. These endpoints answer RFC 6749 JSON errors, not problem+json.",
+                   "flows": {
+                       "clientCredentials": {"tokenUrl": token_url, "scopes": scopes},
+                       "authorizationCode": {"authorizationUrl": f"{PREFIX}authorize", "tokenUrl": token_url,
+                                             "refreshUrl": token_url, "scopes": scopes},
+                   }},
+    }
+
+
+def document_auth(result, generator, request, public):
+    """Both auth schemes, which operations need which (a global optional `security` for reads, a
+    required one for writes and the admin endpoints), and their 401 and 403 problem+json answers."""
+    from .auth import ADMIN_PATH, OPEN_WRITES, WRITE_METHODS
+    components = result.setdefault("components", {})
+    components.setdefault("securitySchemes", {}).update(_security_schemes())
+    components.setdefault("schemas", {}).setdefault("Problem", PROBLEM)
+    problem = {PROBLEM_CONTENT_TYPE: {"schema": _ref("schemas", "Problem")}}
+    challenge = {"WWW-Authenticate": {"description": 'Bearer realm="workbench", with error="invalid_token" '
+                                                     "when the token sent is bad.", "schema": {"type": "string"}}}
+    # Reads: anonymous unless the topology's auth.anonymous_reads is off; a token may always be sent.
+    result["security"] = [{"jwt": []}, {"oauth2": ["read"]}, {}]
+    for path, item in result.get("paths", {}).items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            if ADMIN_PATH.match(path):
+                operation["security"] = [{"jwt": []}, {"oauth2": ["admin"]}]
+                forbidden = "Forbidden: the token is not an admin's (or the operator's)."
+            elif method.upper() in WRITE_METHODS and OPEN_WRITES.match(path):
+                operation["security"] = [{}]  # sign-up and the token endpoints: anonymous
+                continue
+            elif method.upper() in WRITE_METHODS:
+                operation["security"] = [{"jwt": []}, {"oauth2": ["write"]}]
+                forbidden = ("Forbidden: another user's data (a moderator may edit and delete any post, an "
+                             "admin anything), or an OAuth token whose scope is read-only.")
+            else:
+                operation.pop("security", None)  # the global, optional one
+                forbidden = None
+            unauthorized = responses.setdefault("401", {})
+            unauthorized["description"] = ("Unauthorized: the token is missing (where one is needed), expired, "
+                                           "tampered, unsigned or of another algorithm."
+                                           + ("" if forbidden else " A read needs one only when the topology's "
+                                                                    "auth.anonymous_reads is off."))
+            unauthorized.setdefault("content", copy.deepcopy(problem))
+            unauthorized.setdefault("headers", {}).update(copy.deepcopy(challenge))
+            if forbidden:
+                responses.setdefault("403", {"description": forbidden}).setdefault("content", copy.deepcopy(problem))
+    return result

@@ -10,6 +10,9 @@ URL to reach someone else's object) before any query runs. Reads are not owner-c
 and posts are public here; whether anonymous reads are allowed is the topology's
 (`auth.anonymous_reads`, checked by the gateway).
 
+An OAuth token whose scope is read-only (only `read`) may not write at all: 403 naming the
+Authorization header, whoever's data it is.
+
 A refused write is 403 problem+json naming the path parameter `user_id`; it takes no database or
 cache work.
 """
@@ -44,6 +47,9 @@ class OwnerOrRole(BasePermission):
     def has_permission(self, request, view):
         principal = getattr(request, "principal", None)
         owner = view.kwargs.get("user_id")
+        if principal is not None and principal.read_only and request.method not in SAFE_METHODS:
+            raise Forbidden("This token's scope is read-only: writing needs the `write` scope "
+                            "(or `moderate`, `admin`).", field="Authorization")
         if allowed(principal, request.method, owner, post="post_id" in view.kwargs):
             return True
         if principal is None:

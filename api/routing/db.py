@@ -246,7 +246,8 @@ class Router:
         return write_alias() if is_data_model(model) else META
 
     def allow_relation(self, obj1, obj2, **hints):
-        return is_data_model(type(obj1)) == is_data_model(type(obj2))
+        # Instances, not type(): a lazy request.user (a SimpleLazyObject) passes its _meta through.
+        return is_data_model(obj1) == is_data_model(obj2)
 
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         if app_label == "api" and model_name in DATA_MODELS:

@@ -89,9 +89,12 @@ class IndexesOff:
             # The controller's index toggle stays away until this is over (released in __exit__, or
             # with the session if the seed dies).
             cur.execute("SELECT pg_advisory_lock(%s)", [INDEX_WORK_LOCK])
+            # Also other tables' foreign keys onto these (OAuth's onto meta_account): they depend on
+            # the primary key, so they go first and come back last.
             cur.execute("""SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), contype
-                           FROM pg_constraint WHERE conrelid::regclass::text = ANY(%s) AND contype IN ('p','u','f')""",
-                        [self.tables])
+                           FROM pg_constraint WHERE (conrelid::regclass::text = ANY(%s) AND contype IN ('p','u','f'))
+                           OR (contype = 'f' AND confrelid::regclass::text = ANY(%s))""",
+                        [self.tables, self.tables])
             self.constraints = sorted(cur.fetchall(), key=lambda c: c[3] == "f")  # FKs last on the way back
             cur.execute("""SELECT indexdef, indexname FROM pg_indexes WHERE tablename = ANY(%s)
                            AND indexname NOT IN (SELECT conname FROM pg_constraint)""", [self.tables])
