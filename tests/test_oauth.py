@@ -206,6 +206,12 @@ def test_authorization_code_with_pkce_s256(browser, world, api_url):
                                                         "refresh_token": body["refresh_token"]}, timeout=30)
     assert refreshed.status_code == 200, refreshed.text
     assert claims(refreshed.json()["access_token"])["user_id"] == world["owner"]["id"]
+    # a revoked refresh token refreshes nothing
+    rotated = {"client_id": world["app"]["client_id"], "refresh_token": refreshed.json()["refresh_token"]}
+    assert requests.post(f"{api_url}/oauth/revoke", data={"token": rotated["refresh_token"], "client_id":
+                                                          rotated["client_id"]}, timeout=30).status_code == 200
+    dead = requests.post(world["token_url"], data={"grant_type": "refresh_token", **rotated}, timeout=30)
+    assert dead.status_code == 400 and dead.json()["error"] == "invalid_grant", dead.text
 
 
 @pytest.mark.parametrize("params", [{"code_challenge_method": "plain"}, {}, None],
