@@ -23,7 +23,32 @@ WHAT = ("GET /users/{id} only, no cache; per repetition the capacity C (closed l
         f"{NORMAL:g} x C (normal) and {SPIKE:g} x C (the spike, 10x normal), with load shedding off and on")
 
 
-def run(runs, topo, o: dict, out) -> tuple[dict, int]:
+DRAIN_TIMEOUT_S = 120.0
+QUICK_S = 0.05
+
+
+def drained(health_url: str, out) -> None:
+    """Wait until the stack has worked off a spike's backlog: three quick answers in a row from
+    /healthz through Caddy. Without this the next topology change queued behind the backlog (the
+    admin call timed out after 30 s) and the next capacity run measured the backlog (C fell to 60%)."""
+    import requests
+    started = time.monotonic()
+    quick = 0
+    while quick < 3:
+        if time.monotonic() - started > DRAIN_TIMEOUT_S:
+            out(f"  the stack still answered slowly {DRAIN_TIMEOUT_S:.0f} s after the spike; going on")
+            return
+        sent = time.monotonic()
+        try:
+            requests.get(health_url, timeout=DRAIN_TIMEOUT_S)
+            quick = quick + 1 if time.monotonic() - sent < QUICK_S else 0
+        except requests.RequestException:
+            quick = 0
+        time.sleep(0.2)
+    out(f"  backlog worked off in {time.monotonic() - started:.1f} s")
+
+
+def run(runs, topo, o: dict, out, health_url: str) -> tuple[dict, int]:
     """{label: {"normal": [...], "spike": [...], "capacity": [...], "runs": [...]}} over o["repeats"],
     and the shedding budget (ms) the runs had: the topology's own, only `enabled` is switched."""
     table = {label: {"capacity": [], "normal": [], "spike": [], "runs": []} for label, _ in CASES}
@@ -46,6 +71,8 @@ def run(runs, topo, o: dict, out) -> tuple[dict, int]:
                     rate = max(round(capacity * factor, 1), 1.0)
                     opened = runs.run({**WORKLOAD, "mode": "open", "rate": rate, "duration_s": o["duration"]},
                                       f"bench spike {label} {phase} #{rep + 1}")
+                    if phase == "spike":
+                        drained(health_url, out)
                     figures = _figures(opened["summary"], rate)
                     row[phase].append(figures)
                     row["runs"].append(opened["id"])

@@ -266,7 +266,7 @@ class Command(BaseCommand):
 
     def spike(self, cfg, runs: RunClient, topo: TopologyClient, o: dict, heading: str, what: str) -> None:
         try:
-            table, budget = spike.run(runs, topo, o, self.stdout.write)
+            table, budget = spike.run(runs, topo, o, self.stdout.write, cfg.api_url + "/healthz")
         except (RunError, TopologyError) as exc:
             raise CommandError(str(exc)) from None
         text = spike.render(_preamble(cfg, o, what)[:2], table, budget, _provenance(table))
