@@ -260,3 +260,19 @@ def test_the_signing_key_is_made_on_first_use_and_kept(tmp_path):
     assert key_file.read_text().strip() == first.stdout.strip()
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
 
+
+
+def test_the_schema_documents_every_error_answer():
+    """Each operation lists the problem+json answers it can give (api/gateway/openapi.py)."""
+    from drf_spectacular.generators import SchemaGenerator
+    paths = SchemaGenerator().get_schema(request=None, public=True)["paths"]
+    expected = {("post", "/api/v1/users"): {"201", "400", "409", "411", "413", "415", "429", "503"},
+                ("patch", "/api/v1/users/{user_id}"): {"200", "400", "401", "403", "404", "409", "413", "415"},
+                ("put", "/api/v2/users/{user_id}/avatar"): {"200", "400", "401", "403", "404", "413", "415"},
+                ("get", "/api/v1/users/{user_id}/posts"): {"200", "304", "400", "401", "404", "429", "503"},
+                ("patch", "/api/v1/admin/topology"): {"200", "400", "401", "403"}}
+    for (method, path), codes in expected.items():
+        responses = paths[path][method]["responses"]
+        assert codes <= set(responses), (method, path, sorted(responses))
+        for code in codes - {"200", "201", "204", "304"}:
+            assert "application/problem+json" in responses[code]["content"], (method, path, code)

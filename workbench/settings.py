@@ -247,6 +247,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
                              "api.gateway.openapi.document_rate_limits",
                              "api.gateway.openapi.document_auth",
+                             "api.gateway.openapi.document_errors",
                              "api.views.v2.document_v1_lifecycle"],
 }
 

@@ -125,3 +125,37 @@ def document_auth(result, generator, request, public):
             if forbidden:
                 responses.setdefault("403", {"description": forbidden}).setdefault("content", copy.deepcopy(problem))
     return result
+
+
+# The errors every API operation can answer besides the gateway's (401/403/429/503 above): each is
+# problem+json naming the field at fault (api/gateway/errors.py), 304 excepted.
+_BODY_METHODS = ("post", "put", "patch")
+_CONFLICTS = {("post", "/users"), ("put", "/users/{user_id}"), ("patch", "/users/{user_id}")}  # username, email
+
+
+def document_errors(result, generator, request, public):
+    components = result.setdefault("components", {})
+    components.setdefault("schemas", {}).setdefault("Problem", PROBLEM)
+    problem = {PROBLEM_CONTENT_TYPE: {"schema": _ref("schemas", "Problem")}}
+    for path, item in result.get("paths", {}).items():
+        if not path.startswith("/api/v"):
+            continue
+        tail = "/" + path.split("/", 3)[3]  # /api/v1/users/{user_id} -> /users/{user_id}
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            answers = {"400": "Bad Request: a body field, query parameter or header is invalid; `errors` names each."}
+            if "{" in path:
+                answers["404"] = "Not Found: no such user or post (the path parameter is named)."
+            if method in _BODY_METHODS:
+                answers["411"] = "Length Required: a chunked body (send a Content-Length)."
+                answers["413"] = "Content Too Large: the body is over the limit (64 KiB; an avatar 2 MB)."
+                answers["415"] = "Unsupported Media Type: not JSON (an avatar: not PNG, JPEG, WebP or GIF)."
+            if (method, tail) in _CONFLICTS:
+                answers["409"] = "Conflict: the username or email is taken."
+            for code, description in answers.items():
+                responses = operation["responses"]
+                responses.setdefault(code, {"description": description}).setdefault("content", copy.deepcopy(problem))
+            if method == "get" and "200" in operation["responses"]:
+                operation["responses"].setdefault("304", {"description": "Not Modified: If-None-Match matched the ETag."})
+    return result
