@@ -81,7 +81,8 @@ def _metrics(values: dict) -> None:
 
 def _rule_rows(rules: list[dict]) -> list[dict]:
     return [{"rule": r["name"], "per": " + ".join(r["per"]) or "(one bucket for all)",
-             "endpoints": ", ".join(r["endpoints"]) or "every API request", "capacity": f"{r['capacity']:,}",
+             # In backticks: a table cell is Markdown, where `*` would turn into emphasis.
+             "endpoints": ", ".join(f"`{e}`" for e in r["endpoints"]) or "every API request", "capacity": f"{r['capacity']:,}",
              "refill / s": f"{r['refill_per_s']:g}" if r["refill_per_s"] else "none (fixed quota)",
              "RateLimit-Policy": r["policy"], "refused": f"{r['limited']:,}"} for r in rules]
 

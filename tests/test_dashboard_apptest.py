@@ -239,6 +239,7 @@ def test_status_page_shows_the_rate_limiter(fake_stack):
     rules = next(t.value for t in at.table if "RateLimit-Policy" in t.value.columns)
     assert rules.loc["signup-per-ip", "refused"] == "3" and rules.loc["signup-per-ip", "refill / s"] == "0.1"
     assert rules.loc["quota", "per"] == "(one bucket for all)" and rules.loc["quota", "endpoints"] == "every API request"
+    assert rules.loc["signup-per-ip", "endpoints"] == "`POST /api/v*/users`"  # a bare * would be Markdown emphasis
     assert any("2 refused with 503 (fail-closed)" in c.value and "127.0.0.1/32" in c.value for c in at.caption)
 
 
