@@ -6,7 +6,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import assert_problem
+from conftest import ANONYMOUS, assert_problem
 
 INDEX = "api_post_user_time"
 POSTS = ("posts_page", "posts_time_range")
@@ -46,7 +46,7 @@ def plans(explain, user_id, **params) -> dict:
 
 
 def test_explain_needs_the_controller_token(explain, user_id):
-    for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": "Basic YWRtaW46YWRtaW4="}):
+    for headers in (ANONYMOUS, {"Authorization": "Bearer not-the-token"}, {"Authorization": "Basic YWRtaW46YWRtaW4="}):
         response = explain({"user_id": user_id}, headers=headers)
         assert_problem(response, 401, "Authorization")
         assert response.headers["WWW-Authenticate"].startswith("Bearer")

@@ -12,7 +12,7 @@ import time
 import pytest
 import redis
 
-from conftest import ROOT, assert_problem, wait_for
+from conftest import ANONYMOUS, ROOT, assert_problem, wait_for
 from api import readmodel
 from workbench import topology
 
@@ -101,7 +101,7 @@ def test_documents_follow_sign_up_update_and_posts(read_model_on, state, http, a
     body = http.get(f"{api_url}/admin/readmodel", headers=admin_headers, timeout=30).json()["data"]
     assert body["read_model"] is True and body["documents"] >= 1
     assert body["staleness_ms"]["samples"] > 0 and body["staleness_ms"]["p95"] is not None
-    assert http.get(f"{api_url}/admin/readmodel", timeout=30).status_code == 401
+    assert http.get(f"{api_url}/admin/readmodel", headers=ANONYMOUS, timeout=30).status_code == 401
 
 
 @pytest.mark.parametrize("point", ["before-document", "after-document"])

@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from conftest import Background, wait_for
+from conftest import ANONYMOUS, Background, wait_for
 from api.routing import nodes, stats
 
 
@@ -194,7 +194,7 @@ def test_replicas_retired_and_made_again_fail_no_read(replicas, topology_admin, 
 
 def test_the_admin_api_reports_the_data_nodes(replicas, stack, stack_config):
     url = stack["api_url"] + "/api/v1/admin/nodes"
-    assert requests.get(url, timeout=10).status_code == 401
+    assert requests.get(url, headers=ANONYMOUS, timeout=10).status_code == 401
     response = requests.get(url, headers={"Authorization": f"Bearer {stack_config.controller_token()}"}, timeout=10)
     assert response.status_code == 200, response.text
     data = response.json()["data"]

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import ROOT, wait_for
+from conftest import ANONYMOUS, ROOT, wait_for
 from workbench.stack import config, launcher
 
 STATUS_FIELDS = {"role", "name", "pid", "port", "healthy", "uptime_s", "rss_bytes"}
@@ -93,7 +93,7 @@ def test_a_supervised_process_killed_is_restarted(stack, controller, http, name)
 
 
 def test_controller_needs_its_token(stack):
-    assert requests.get(stack["controller_url"] + "/status", timeout=5).status_code == 401
+    assert requests.get(stack["controller_url"] + "/status", headers=ANONYMOUS, timeout=5).status_code == 401
     wrong = {"Authorization": "Bearer nope"}
     assert requests.post(stack["controller_url"] + "/shutdown", headers=wrong, timeout=5).status_code == 401
 
@@ -109,7 +109,8 @@ def test_external_mode_starts_no_engines(stack, stack_config, tmp_path):
         state = launcher.up(ext, out=lambda *_: None)
         roles = {p["role"] for p in state["processes"]}
         assert "postgres" not in roles and "valkey" not in roles
-        response = requests.get(ext.api_url + "/api/v1/users?limit=1", timeout=10)
+        # Anonymous: the tests' default credential is the first stack's controller token, not this one's.
+        response = requests.get(ext.api_url + "/api/v1/users?limit=1", headers=ANONYMOUS, timeout=10)
         assert response.status_code == 200 and response.json()["data"]["results"]
     finally:
         launcher.down(ext, out=lambda *_: None)

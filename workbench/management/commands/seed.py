@@ -253,7 +253,9 @@ class Command(BaseCommand):
                 if replace:
                     for cur in data:
                         cur.execute("TRUNCATE api_post, api_user")
-                    meta.execute("DELETE FROM meta_account")
+                    # CASCADE: what references the accounts goes with them (OAuth applications and
+                    # their tokens), else the delete fails on their foreign keys.
+                    meta.execute("TRUNCATE meta_account CASCADE")
                     meta.execute("DELETE FROM meta_shard_directory")
                 counts = None
                 if directory:
