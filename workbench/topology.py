@@ -36,7 +36,7 @@ PLACEMENT_FIELDS = ("sharding", "shards", "reshard_shards")
 # What the controller carries out (processes, server settings, DDL). Until what runs matches the
 # topology, each such field is reported as pending, with what runs now.
 CONTROLLED_FIELDS = ("shard_groups", "replicas", "replication", "replica_delays_ms", "indexes.post_user_time", "pgbouncer",
-                     "app_servers", "cache.state_fsync", "cache_nodes")
+                     "app_servers", "cache.state_fsync", "cache_nodes", "lb_policy")
 # Recorded but not carried out by any controller code yet (the load-balancer issue starts app servers).
 NOT_CARRIED_OUT = {"app_servers"}
 
@@ -247,6 +247,11 @@ class Topology:
     # masters the controller runs (workbench/stack/cachecluster.py), used through a cluster-aware
     # client (api/caching/valkey.py).
     cache_nodes: int = _choice(1, 1, 3, 6)
+    # How Caddy picks an app server (workbench/stack/caddy.py), switched live through its admin API:
+    # round_robin in turn; least_conn the one with the fewest requests in flight; header hashes the
+    # value of the request header `lb_header`, uri the request URI, so one value keeps one server.
+    lb_policy: str = _choice("round_robin", "round_robin", "least_conn", "header", "uri")
+    lb_header: str = _text("X-User-Id", r"[A-Za-z0-9-]{1,64}", "an HTTP header name: 1 to 64 of A-Z a-z 0-9 -")
     # The NoSQL read model (api/readmodel.py): a profile document per user (the user and their latest
     # posts) in the `state` Valkey, kept up to date from a transactional outbox by the `relay`
     # process; it serves GET /users/{id}?view=profile. Off: that view is built from SQL.
@@ -290,7 +295,12 @@ class Topology:
                 "replica_delays_ms": self.replica_delays_ms(),
                 "indexes.post_user_time": self.indexes.post_user_time, "pgbouncer": self.pgbouncer,
                 "app_servers": self.app_servers, "cache.state_fsync": self.cache.state_fsync,
-                "cache_nodes": self.cache_nodes}
+                "cache_nodes": self.cache_nodes, "lb_policy": self.lb()}
+
+    def lb(self) -> str:
+        """The load-balancing policy as the controller reports what Caddy runs: `header:X-User-Id`
+        for the header policy (its header is part of it), else the policy's name."""
+        return f"header:{self.lb_header}" if self.lb_policy == "header" else self.lb_policy
 
 
 class TopologyError(ValueError):

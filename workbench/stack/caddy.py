@@ -1,4 +1,5 @@
-"""Caddy: the single entry point, round-robin over the app servers, serving static/ and the
+"""Caddy: the single entry point, load-balancing over the app servers (the topology's `lb_policy`,
+switched live through the admin API), serving static/ and the
 uploaded blobs under /media/ as the edge (Cache-Control, ETag, compression)."""
 from __future__ import annotations
 
@@ -9,6 +10,70 @@ import requests
 from . import binaries
 from .config import PROJECT_DIR, StackConfig
 from .process import ProcessSpec
+
+
+PROXY_ID = "app_proxy"
+SELECTION_PATH = f"/id/{PROXY_ID}/load_balancing/selection_policy"
+
+
+def selection_policy(lb: str) -> dict:
+    """Caddy's JSON for a topology's policy (Topology.lb(): `round_robin`, `least_conn`, `uri`,
+    `header:<name>`). Caddy's `header` and `uri_hash` policies are rendezvous hashing (highest
+    random weight): each upstream gets a score hash(key, upstream) and the highest wins, so one
+    header value or URI keeps one app server, and adding a server moves only the keys it now wins,
+    without the ring of virtual nodes the sharding issue's consistent hashing uses. A request
+    without the header falls back to round-robin (Caddy's own default there is random)."""
+    if lb.startswith("header:"):
+        return {"policy": "header", "field": lb.removeprefix("header:"), "fallback": {"policy": "round_robin"}}
+    return {"policy": "uri_hash" if lb == "uri" else lb}
+
+
+def running_policy(cfg: StackConfig) -> str | None:
+    """The policy Caddy runs now, as Topology.lb() writes it; None while Caddy cannot be asked."""
+    try:
+        response = requests.get(_admin(cfg, SELECTION_PATH), timeout=2)
+        response.raise_for_status()
+        policy = response.json() or {}
+    except (requests.RequestException, ValueError):
+        return None
+    name = policy.get("policy")
+    if name == "header":
+        return f"header:{policy.get('field')}"
+    return "uri" if name == "uri_hash" else name
+
+
+def set_policy(cfg: StackConfig, lb: str) -> bool:
+    """Switch the policy live: a PATCH of the reverse_proxy handler's selection_policy alone, no
+    restart. Caddy loads the changed config gracefully: requests in flight finish on the handler
+    that took them; new ones use the new policy. False when Caddy is not up (yet): the controller's
+    next pass tries again."""
+    if running_policy(cfg) == lb:
+        return True
+    try:
+        response = requests.patch(_admin(cfg, SELECTION_PATH), json=selection_policy(lb), timeout=10)
+    except requests.RequestException:
+        return False
+    if not response.ok:
+        raise RuntimeError(f"Caddy refused the policy {lb}: {response.status_code} {response.text[:200]}")
+    return True
+
+
+def upstreams(cfg: StackConfig) -> list[dict] | None:
+    """Caddy's upstream stats, per app server: `in_flight` is its requests in flight now (Caddy's
+    num_requests), `fails` the failures it counts against it. None while Caddy cannot be asked."""
+    names = {f"127.0.0.1:{cfg.app_port(i)}": f"app-{i}" for i in range(1, cfg.app_servers + 1)}
+    try:
+        response = requests.get(_admin(cfg, "/reverse_proxy/upstreams"), timeout=2)
+        response.raise_for_status()
+        rows = response.json() or []
+    except (requests.RequestException, ValueError):
+        return None
+    return [{"app_server": names.get(row.get("address"), row.get("address")), "address": row.get("address"),
+             "in_flight": row.get("num_requests", 0), "fails": row.get("fails", 0)} for row in rows]
+
+
+def _admin(cfg: StackConfig, path: str) -> str:
+    return f"http://127.0.0.1:{cfg.caddy_admin_port}{path}"
 
 
 def config(cfg: StackConfig) -> dict:
@@ -30,7 +95,8 @@ def config(cfg: StackConfig) -> dict:
                 # other policies come with the load-balancer work.
                 # X-Request-Start: when Caddy forwarded the request (replacing any the client sent),
                 # so the app server can tell how long it queued (api/gateway/shedding.py).
-                {"handle": [{"handler": "reverse_proxy", "upstreams": upstreams,
+                # "@id" names the handler in the admin API: /id/app_proxy/... (set_policy below).
+                {"handle": [{"@id": PROXY_ID, "handler": "reverse_proxy", "upstreams": upstreams,
                              "headers": {"request": {"set": {"X-Request-Start": ["t={time.now.unix_ms}"]}}},
                              "load_balancing": {"selection_policy": {"policy": "round_robin"},
                                                 "try_duration": "5s", "try_interval": "100ms"}}]},

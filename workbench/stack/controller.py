@@ -258,6 +258,8 @@ class Controller:
             "data_dir": str(cfg.data_dir),
             "processes": rows,
             "data_nodes": report.to_dict() if report else None,
+            # Per app server, from Caddy's upstream stats (GET /reverse_proxy/upstreams).
+            "upstreams": caddy.upstreams(cfg) if self.phase == "ready" else None,
         }
 
 

@@ -46,7 +46,7 @@ from api.caching import metrics as cache_metrics
 from api.routing import nodes, shards, stats
 from workbench import parameters, topology
 
-from . import binaries, cachecluster, config, pgbouncer, ports, postgres, valkey
+from . import binaries, caddy, cachecluster, config, pgbouncer, ports, postgres, valkey
 from .process import Supervised, as_user
 
 MAX_REPLICAS = shards.MAX_REPLICAS
@@ -214,6 +214,7 @@ class DataNodes:
             attempt(self._retire_pgbouncer)
         attempt(self._set_state_fsync, t.cache.state_fsync)
         attempt(self.cache_cluster.apply, t.cache_nodes)
+        attempt(caddy.set_policy, self.cfg, t.lb())  # live, through Caddy's admin API
         self.running = self.read_running()
         if errors:
             raise errors[0]
@@ -244,7 +245,8 @@ class DataNodes:
                 "replica_delays_ms": {name: self._apply_delay(name) for names in replicas.values() for name in names},
                 "indexes.post_user_time": _agreed({g.primary: self._index_state(g)[0] for g in groups}),
                 "pgbouncer": self._pgbouncer_running(), "app_servers": self.cfg.app_servers,
-                "cache.state_fsync": self._state_fsync(), "cache_nodes": self.cache_cluster.running()}
+                "cache.state_fsync": self._state_fsync(), "cache_nodes": self.cache_cluster.running(),
+                "lb_policy": caddy.running_policy(self.cfg)}
 
     def _say(self, progress: str) -> None:
         self.progress = progress
