@@ -1,10 +1,12 @@
-"""The in-process gateway: request id, app-server stamp, load shedding on queue time
-(api.gateway.shedding), rate limit (api.gateway.ratelimit), body size and content-type limits.
+"""The in-process gateway, in order: request id and app-server stamp, load shedding on queue time
+(api.gateway.shedding), authentication (api.gateway.auth: who the request is, from its token, with
+no database), the rate limiter (api.gateway.ratelimit, keyed by that user), body size and
+content-type limits. Authorization (api.gateway.rbac) runs in the view, where the path's owner is
+known.
 
 It runs first, so even a request rejected here carries X-Request-Id, X-App-Server,
-X-Topology-Version and X-Cache (api.caching.request). The rate limiter's time is part of the
-`gateway` Server-Timing part.
-Authentication and RBAC join this module's pipeline in later issues.
+X-Topology-Version and X-Cache (api.caching.request). The limiter's time is part of the `gateway`
+Server-Timing part.
 """
 from __future__ import annotations
 
