@@ -197,16 +197,21 @@ _assigned_at = 0.0
 
 
 def least_loaded(count: int) -> int:
-    """The shard with the fewest users: the controller's counts (once a second) plus what this
-    process assigned since, so a burst of sign-ups does not all go to one shard."""
+    """The shard with the fewest users: the controller's count of meta's directory (once a second,
+    exact as of then) plus what this process assigned since, so a burst of sign-ups does not all go
+    to one shard. Without that count (meta was unreachable), each primary's row statistics."""
     global _assigned_at
     report = nodes.current()
+    directory = report.nodes.get("meta", {}).get("directory")
     with _directory_lock:
         if report.at != _assigned_at:
             _assigned.clear()
             _assigned_at = report.at
-        users = {k: report.nodes.get(shards.primary_alias(k), {}).get("users", 0) + _assigned.get(k, 0)
-                 for k in range(1, count + 1)}
+        if directory is not None:
+            users = {k: directory.get(str(k), 0) + _assigned.get(k, 0) for k in range(1, count + 1)}
+        else:
+            users = {k: (report.nodes.get(shards.primary_alias(k), {}).get("users") or 0) + _assigned.get(k, 0)
+                     for k in range(1, count + 1)}
         shard = min(users, key=lambda k: (users[k], k))
         _assigned[shard] = _assigned.get(shard, 0) + 1
     return shard

@@ -61,6 +61,10 @@ CONNECTIONS = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'clie
                "AND datname = 'workbench' AND pid <> pg_backend_pid()")
 # The statistics' live-row estimates: no table scan, exact enough for "how many users on this shard".
 ROW_COUNTS = "SELECT relname, n_live_tup FROM pg_stat_user_tables WHERE relname IN ('api_user', 'api_post')"
+# Exact users per shard under `directory` (its index on shard makes this an index-only scan). The
+# statistics above can trail inserts by seconds (a backend flushes them when idle, at most once a
+# second), so sign-ups placed by them alone would pile onto one shard until the counts caught up.
+DIRECTORY_COUNTS = "SELECT shard, count(*) FROM meta_shard_directory GROUP BY shard"
 
 
 def slot_name(index: int) -> str:
@@ -68,6 +72,8 @@ def slot_name(index: int) -> str:
 
 
 def node_url(cfg: config.StackConfig, alias: str) -> str:
+    if alias == "meta":
+        return cfg.meta_db_url
     shard, index = shards.parse_alias(alias)
     return cfg.shard_replica_url(shard, index) if index else cfg.shard_url(shard)
 
@@ -533,7 +539,7 @@ class DataNodes:
         report_nodes: dict[str, dict] = {}
         for group in self._shard_processes(live):
             self._sample_group(group, live, report_nodes, now)
-        for name in set(self.conns) - set(report_nodes):  # retired
+        for name in set(self.conns) - set(report_nodes) - {"meta"}:  # retired
             self.conns.pop(name).close()
         for name in set(self.history) - set(report_nodes):
             del self.history[name]
@@ -542,8 +548,8 @@ class DataNodes:
         if with_counts or any(n not in self.last_counts for n, v in report_nodes.items() if v["healthy"]):
             self._count(report_nodes)
         for name, counts in self.last_counts.items():
-            if name in report_nodes:
-                report_nodes[name].update(counts)
+            if name in report_nodes or name == "meta":
+                report_nodes.setdefault(name, {}).update(counts)
         # Queries each node has answered since the stack started, as counted by the app workers.
         # Meta is listed for its count only: its health is the process table's, not sampled here.
         for name, count in stats.totals(self.state).items():
@@ -603,7 +609,8 @@ class DataNodes:
             self.ctl.log("replica_back_in_rotation", name=name, out_s=round(down, 2))
 
     def _count(self, report_nodes: dict) -> None:
-        """Client connections on every node that is up; on each primary also its users and posts."""
+        """Client connections on every node that is up; on each primary also its users and posts; and
+        meta's directory: its users per shard, exact."""
         counts = {}
         for name, node in report_nodes.items():
             if not node.get("healthy"):
@@ -615,6 +622,10 @@ class DataNodes:
                     counts[name].update(users=rows.get("api_user"), posts=rows.get("api_post"))
             except psycopg.Error:
                 counts.pop(name, None)
+        try:
+            counts["meta"] = {"directory": {str(k): users for k, users in self._query("meta", DIRECTORY_COUNTS)}}
+        except psycopg.Error:
+            pass
         self.last_counts = counts
 
 
