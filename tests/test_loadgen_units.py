@@ -9,7 +9,7 @@ import random
 import pytest
 
 from workbench.loadgen.recorder import LATE_US, Recorder
-from workbench.loadgen.workload import Keys, Workload, WorkloadError, Zipf, arrivals, check_target
+from workbench.loadgen.workload import Keys, Workload, WorkloadError, Zipf, arrivals, check_target, next_request
 
 # --- Zipf sampling ---------------------------------------------------------------------------------
 
@@ -413,6 +413,20 @@ def test_hot_keys_limits_the_keys_a_workload_draws_from():
     assert len({keys.post(rng) for _ in range(500)}) == 3
     with pytest.raises(WorkloadError):
         Workload(hot_keys=-1).validate()
+
+
+def test_the_mixed_workload_sends_slow_reads_beside_point_reads():
+    """The least-connections lesson's mix: searches and 100-row pages among point reads."""
+    w = Workload(read_ratio=1.0, reads={"user": 0.8, "search": 0.1, "large_page": 0.1}).validate()
+    keys = Keys(list(range(1, 101)), [(u, u * 10) for u in range(1, 101)], w)
+    rng = random.Random(3)
+    sent = [next_request(w, keys, rng, seq) for seq in range(2000)]
+    kinds = collections.Counter(kind for kind, *_ in sent)
+    assert set(kinds) == {"user", "search", "large_page"} and 100 < kinds["search"] < 300, kinds
+    paths = {kind: path for kind, _, path, _ in sent}
+    assert paths["search"].startswith("/api/v1/search/posts?q=")
+    assert paths["large_page"].endswith("/posts?limit=100")
+    assert all(method == "GET" and body is None for _, method, _, body in sent)
 
 
 def test_the_stale_read_probe_counts_a_read_that_lacks_an_acknowledged_write():

@@ -16,7 +16,7 @@ import uuid
 
 from django.conf import settings
 
-from api import avatars, counters, faults, timing
+from api import avatars, counters, faults, served, timing
 from api.caching import reads as cache_reads
 from api.caching import request as cache_request
 from api.caching import writes as cache_writes
@@ -74,6 +74,8 @@ class GatewayMiddleware:
         self._db_headers(response, routing)
         if limited:
             limited.apply(response)
+        if request.path != "/healthz":  # Caddy's health probes are not traffic
+            served.count(settings.APP_SERVER_NAME)
         counters.flush_all()
         response["X-Request-Id"] = request.request_id
         response["X-App-Server"] = settings.APP_SERVER_NAME

@@ -120,7 +120,10 @@ class Workload:
         return asdict(self)
 
 
-READ_KINDS = ("user", "user_posts", "posts_range", "post", "users_page", "user_profile")
+READ_KINDS = ("user", "user_posts", "posts_range", "post", "users_page", "user_profile", "search", "large_page")
+# Words every seeded post body draws from (workbench/management/commands/seed.py): a search for one
+# matches many posts on every shard, so it is a slow request next to a point read.
+SEARCH_WORDS = ("scaling", "cache", "replica", "shard", "latency", "queue", "failover", "index")
 WRITE_KINDS = ("create_post", "update_user", "update_post")
 
 
@@ -208,6 +211,10 @@ def next_request(w: Workload, keys: Keys | None, rng: random.Random, seq: int) -
             return kind, "GET", f"/api/v1/users/{keys.user(rng)}?view=profile", None
         if kind == "users_page":
             return kind, "GET", "/api/v1/users?limit=20", None
+        if kind == "large_page":  # the largest page the API serves: a slow read
+            return kind, "GET", f"/api/v1/users/{keys.user(rng)}/posts?limit=100", None
+        if kind == "search":  # full-text search over every shard (scatter-gather): a slow read
+            return kind, "GET", f"/api/v1/search/posts?q={rng.choice(SEARCH_WORDS)}", None
         if kind == "user_posts":
             return kind, "GET", f"/api/v1/users/{keys.user(rng)}/posts?limit=20", None
         if kind == "posts_range":
