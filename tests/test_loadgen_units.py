@@ -316,6 +316,8 @@ def test_late_means_more_than_one_millisecond():
     ({"spike": 5}, "spike"),
     ({"path": "healthz"}, "path"),
     ({"path": 5}, "path"),
+    ({"user_header": "X User"}, "user_header"),
+    ({"user_header": 7}, "user_header"),
     ({"timeout_s": -1}, "timeout_s"),
     ({"timeout_s": 10 ** 9}, "timeout_s"),
     ({"max_requests": 0}, "max_requests"),
@@ -335,7 +337,7 @@ def test_from_dict_errors_name_the_field(data, field):
 def test_from_dict_accepts_a_full_valid_workload():
     data = {"rate": 250, "duration_s": 3, "mode": "closed", "connections": 8, "read_ratio": 0.7,
             "popularity": "zipf", "zipf_s": 1.2, "spike": {"at_s": 1, "for_s": 1, "factor": 10},
-            "source_ips": 4, "path": None, "seed": 9}
+            "source_ips": 4, "path": None, "seed": 9, "user_header": "X-User-Id"}
     w = Workload.from_dict(data)
     assert w.to_dict()["spike"] == data["spike"]
     assert Workload.from_dict(w.to_dict()) == w

@@ -32,6 +32,7 @@ class Sender:
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens or {}
         self.sign_reads = w.signed_reads
+        self.user_header = w.user_header
         self.timeout = aiohttp.ClientTimeout(total=w.timeout_s)
         self.sessions = [aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, local_addr=(ip, 0) if ip else None, ttl_dns_cache=None),
@@ -41,13 +42,16 @@ class Sender:
     async def send(self, index: int, method: str, path: str, body):
         """Returns (outcome, headers): outcome "ok", an HTTP status, or a transport error kind."""
         session = self.sessions[index % len(self.sessions)]
-        headers = None
+        headers = {}
+        owner = OWNER.match(path)
         if self.tokens and (method != "GET" or self.sign_reads):  # as the user whose path it is
-            owner = OWNER.match(path)
             token = self.tokens.get(owner.group(1)) if owner else None
-            headers = {"Authorization": f"Bearer {token}"} if token else None
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+        if self.user_header and owner:
+            headers[self.user_header] = owner.group(1)
         try:
-            async with session.request(method, self.base_url + path, json=body, headers=headers) as response:
+            async with session.request(method, self.base_url + path, json=body, headers=headers or None) as response:
                 await response.read()
                 return ("ok" if response.status < 400 else str(response.status)), response.headers
         except asyncio.TimeoutError:

@@ -5,6 +5,7 @@ import bisect
 import ipaddress
 import os
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
@@ -45,6 +46,9 @@ class Workload:
     # Writes always carry their owner's token (mint-tokens); with this, reads of a user carry it too
     # (the cost of verifying a token on every request).
     signed_reads: bool = False
+    # A header carrying the user id of each request's path (e.g. X-User-Id), as clients of a load
+    # balancer that hashes on that header send it (topology lb_policy=header); None sends none.
+    user_header: str | None = None
     path: str | None = None              # fixed path for calibration runs (overrides the mix)
     target: str | None = None            # base URL; default the stack's entry point (Caddy)
     seed: int = 1
@@ -60,7 +64,7 @@ class Workload:
                 raise WorkloadError(name, "a number" if kind is not int else "an integer")
         if not isinstance(self.signed_reads, bool):
             raise WorkloadError("signed_reads", "true or false")
-        for name in ("path", "target"):
+        for name in ("path", "target", "user_header"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise WorkloadError(name, "a string")
         for name in ("reads", "writes"):
@@ -103,6 +107,8 @@ class Workload:
                     raise WorkloadError(f"spike.{key}", "a number >= 0")
             if self.rate * self.spike["factor"] > MAX_RATE:
                 raise WorkloadError("spike.factor", f"the spike rate must stay under {MAX_RATE}/s")
+        if self.user_header is not None and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.user_header):
+            raise WorkloadError("user_header", "an HTTP header name: 1 to 64 of A-Z a-z 0-9 -")
         if self.path is not None and not self.path.startswith("/"):
             raise WorkloadError("path", "an absolute path such as /healthz")
         if self.target is not None:

@@ -18,6 +18,10 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
                Cluster (`cache_nodes`), and the 3-node cluster losing one node (SIGKILL) mid-run
   ratelimit    the rate limiter's added latency: cached GET /users/{id} with the limiter off vs on
                (one rule, three rules) with rules so generous that nothing is refused
+  caddy        Caddy's overhead: one app server through Caddy vs directly on its port
+  appservers   throughput vs app-server count (1, 2, 4) on the shared 2 cores
+  lbpolicy     least connections vs round-robin on a mix of point reads, searches and 100-row pages
+  lbl1         the per-process L1 cache's hit rate under each load-balancing policy
   spike        a traffic spike (2 x the measured capacity C, 10x the normal 0.2 x C) with load shedding
                off vs on: admitted p95, share shed, generator lag (workbench/loadgen/spike.py)
 
@@ -34,7 +38,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from api.routing import reshard, shards as shard_names
 from workbench import parameters, topology
-from workbench.loadgen import spike
+from workbench.loadgen import hashmoves, spike
 from workbench.loadgen.client import RunClient, RunError, TopologyClient, TopologyError
 from workbench.loadgen.report import (BENCHMARKS_DOC, add_bench_arguments, cpu_mean, median as _median, new_row,
                                       record_pair, shard_shares, write_doc_block)
@@ -53,6 +57,13 @@ BARE_VIEW = {"path": "/healthz"}
 # The read model's workload: 95% GET /users/{id}?view=profile (the user and their latest 10 posts),
 # 5% writes (each of which the relay turns into a new document), Zipf popularity.
 PROFILE_MIX = {"read_ratio": 0.95, "popularity": "zipf", "zipf_s": 1.1, "reads": {"user_profile": 1}}
+# The least-connections lesson's workload: point reads with slow ones among them (a full-text search
+# over every shard, the API's largest page), so one server can be stuck behind slow requests.
+MIXED_READS = {"read_ratio": 1.0, "reads": {"user": 0.8, "search": 0.1, "large_page": 0.1}}
+# The hash-policy lesson's workload: point reads with the per-process L1 cache on; each request names
+# its user in X-User-Id, the header the `header` policy hashes on (the topology's default lb_header).
+L1_READS = {"read_ratio": 1.0, "reads": {"user": 1}, "popularity": "zipf", "zipf_s": 1.1, "user_header": "X-User-Id"}
+L1_CACHE = {"mode": "cache-aside", "l1": True, "user_ttl_s": 3600, "l1_ttl_ms": 60_000}
 SHARD_COUNTS = (1, 2, 4)
 PLACEMENT = ("sharding", "shards")
 CPU_SATURATED = 95.0  # mean % of all cores over a run: the shared CPU, not an emulated node, set the pace
@@ -122,7 +133,30 @@ def suites(strategy: str = "hash") -> dict:
                                                                                     "rules": LIMITER_ONE}}),
                      ("limiter on, 3 rules (per IP, per endpoint, per IP and endpoint)",
                       {"cache": hits, "rate_limit": {"enabled": True, "rules": LIMITER_THREE}})]
+    direct = {**POINT_READS, "target": config.load().direct_url(1)}
     return {
+        "caddy": ("Load balancing: Caddy's overhead",
+                  "GET /users/{id} only, 0 replicas, cache off, one app server (app_servers=1); the same "
+                  "server measured through Caddy (round_robin over the one healthy upstream) and directly "
+                  "on its own port, interleaved in one session",
+                  POINT_READS, [("through Caddy", {"app_servers": 1}),
+                                ("direct to app-1", {"app_servers": 1}, direct)]),
+        "appservers": ("Load balancing: throughput vs app-server count",
+                       "GET /users/{id} only, 0 replicas, cache off, round_robin; each app server is a gunicorn "
+                       "group of 2 gthread workers x 4 threads, all on the same 2 cores",
+                       POINT_READS, [(f"app_servers={n}", {"app_servers": n}) for n in (1, 2, 4)]),
+        "lbpolicy": ("Load balancing: least connections vs round-robin on a mixed workload",
+                     "80% GET /users/{id}, 10% full-text search over every shard (GET /search/posts?q=<word>), "
+                     "10% the largest page (GET /users/{id}/posts?limit=100), uniform popularity, 0 replicas, "
+                     "cache off, 2 app servers",
+                     MIXED_READS, [("round_robin", {"lb_policy": "round_robin"}),
+                                   ("least_conn", {"lb_policy": "least_conn"})]),
+        "lbl1": ("Load balancing: the per-process L1 cache's hit rate per policy",
+                 "GET /users/{id} only, Zipf popularity (s = 1.1) over the seeded users, each request naming its "
+                 "user in X-User-Id, 0 replicas, cache-aside with the per-process L1 on (TTLs longer than the "
+                 "suite), 2 app servers x 2 worker processes: 4 separate L1 caches",
+                 L1_READS, [(f"lb_policy={name}", {"lb_policy": name, "cache": L1_CACHE})
+                            for name in ("round_robin", "least_conn", "header", "uri")]),
         "spike": ("Load shedding: a traffic spike", spike.WHAT, spike.WORKLOAD, list(spike.CASES)),
         "ratelimit": ("Rate limiting: the limiter's added latency",
                       "GET /users/{id} over a hot set of 200 users (uniform), reads only, 0 replicas, cache-aside "
@@ -257,6 +291,12 @@ class Command(BaseCommand):
             text = render_cachenodes(cfg, o, what, table)
         elif o["suite"] == "ratelimit":
             text = render_ratelimit(cfg, o, what, table)
+        elif o["suite"] == "lbl1":
+            moves = hashmoves.measure(cfg, topo)
+            self.stdout.write(f"  scale-out under `header`: {moves}")
+            text = render_lb(cfg, o, what, table, LB_NOTES["lbl1"] + " " + moves_sentence(moves))
+        elif o["suite"] in LB_NOTES:
+            text = render_lb(cfg, o, what, table, LB_NOTES[o["suite"]])
         else:
             text = render(cfg, o, heading, what, table)
         self.stdout.write(text)
@@ -519,6 +559,49 @@ def render_ratelimit(cfg, o, what, table) -> str:
               "the closed runs (the in-process gateway, the limiter's one Valkey round trip included). A refused "
               "request would count as an error; the rules are set so that none is.",
               f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run.",
+              *_provenance(table)]
+    return "\n".join(lines)
+
+
+LB_NOTES = {
+    "caddy": "Caddy's overhead is the difference between the two rows: the same app server, the same runs "
+             "interleaved. Caddy shares the 2 cores with the app server and the load generator, so its CPU "
+             "comes out of the app server's throughput too.",
+    "appservers": "Every app server shares the same 2 cores with PostgreSQL, Valkey, Caddy and the load "
+                  "generator, so more servers add processes, not CPU: throughput flattens once the cores are "
+                  "saturated (CPU column), and beyond that more processes add context switches and memory. On "
+                  "separate machines each server brings its own cores; the capacity model carries that.",
+    "lbpolicy": "Round-robin gives each server the same number of requests whatever they cost, so a point "
+                "read can queue behind a search on a busy worker; least connections sends it to the server "
+                "with fewer requests in flight (Caddy's count per upstream).",
+    "lbl1": "X-Cache `hit-l1` is a hit in the answering worker's own memory. Round-robin and least "
+            "connections spread each user over all 4 workers, so each L1 holds every hot user and misses "
+            "more; `header` (X-User-Id) and `uri` send a user to one server (rendezvous hashing), whose 2 "
+            "workers share its hot users.",
+}
+
+
+def moves_sentence(m: dict) -> str:
+    return (f"Adding a server under `header` ({m['servers_before']} -> {m['servers_after']} app servers, "
+            f"workbench/loadgen/hashmoves.py): {m['moved']:,} of {m['users']:,} users moved "
+            f"({m['fraction']:.1%}; rendezvous hashing predicts 1/{m['servers_after']} = {m['expected']:.1%}, "
+            f"a modulo hash about {1 - m['expected']:.0%}), {m['moved_to_new']:,} of them to the new server.")
+
+
+def render_lb(cfg, o, what, table, note: str) -> str:
+    """A load-balancing suite: each case against the first, with where the requests went (X-App-Server)
+    and what the cache said (X-Cache), errors, and CPU."""
+    lines = _preamble(cfg, o, what) + [
+        "| case | throughput (req/s) | vs first row | p50 (ms) | p95 (ms) | p95 vs first row | "
+        "X-App-Server (closed runs) | X-Cache (closed runs) | errors / requests | CPU, closed run | runs valid |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = table[next(iter(table))]
+    for label, row in table.items():
+        lines.append(f"| {label} | {_versus(row, base)} | {_shares(_said(row, 'X-App-Server'))} | "
+                     f"{_shares(_said(row, 'X-Cache'))} | {sum(row['errors']):,} / {sum(row['requests']):,} | "
+                     f"{_cpu_cell(row)} | {sum(row['valid'])}/{len(row['valid'])} |")
+    lines += ["", note, f"(*) CPU saturated (mean >= {CPU_SATURATED:g}% of both cores) in the closed run.",
               *_provenance(table)]
     return "\n".join(lines)
 
