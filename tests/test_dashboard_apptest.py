@@ -10,7 +10,7 @@ import pytest
 import requests
 from streamlit.testing.v1 import AppTest
 
-from lessons import data_nodes
+from lessons import data_nodes, loadbalancing
 from lessons.client import StackClient
 from lessons.data_nodes import DASH
 from lessons.pages.stack_status import UNREACHABLE
@@ -18,6 +18,7 @@ from conftest import free_port_base
 
 APP = Path(__file__).resolve().parents[1] / "lessons" / "app.py"
 METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "Answered by",
+           "Policy (Caddy runs)", "App servers running", "Autoscaler", "HTTPS",
            "Replicas running", "Replication", "Strategy", "Shards", "Shards running",
            "Application cache", "Invalidation", "L1", "Query cache",
            "Queued, not yet flushed", "Oldest waiting (s)", "State Valkey fsync", "Flusher",
@@ -314,3 +315,30 @@ def test_pending_rows():
         {"field": "replication", "wanted": "remote_write", "running": "async"},
         {"field": "indexes.post_user_time", "wanted": "true", "running": "false"},
     ]
+
+
+# --- the load-balancing section's rows (lessons/loadbalancing.py), without a stack -----------------
+def test_server_rows_join_the_processes_caddys_stats_and_the_served_counts():
+    state = {"processes": [
+        {"name": "app-1", "role": "app", "healthy": True, "port": 8101},
+        {"name": "app-2", "role": "app", "healthy": False, "port": 8102},
+        {"name": "app-10", "role": "app", "healthy": True, "port": 8110},
+        {"name": "caddy", "role": "caddy", "healthy": True, "port": 8000}],
+        "upstreams": [{"app_server": "app-1", "in_flight": 3, "fails": 0},
+                      {"app_server": "app-2", "in_flight": 0, "fails": 2},
+                      {"app_server": "app-10", "in_flight": 0, "fails": 0, "healthy": False},
+                      {"app_server": "app-3", "in_flight": 0, "fails": 1}],
+        "served": {"app-1": 300, "app-2": 100}}
+    rows = {r["app server"]: r for r in loadbalancing.server_rows(state)}
+    assert list(rows) == ["app-1", "app-2", "app-3", "app-10"]
+    assert (rows["app-1"]["state"], rows["app-1"]["in flight (Caddy)"], rows["app-1"]["share"]) == ("healthy", 3, "75%")
+    assert rows["app-2"]["state"] == "DOWN" and rows["app-2"]["fails (Caddy)"] == 2
+    assert rows["app-3"]["state"] == "stopped" and rows["app-3"]["requests answered"] == 0
+    assert rows["app-10"]["state"] == "out of rotation"
+
+
+def test_the_scaling_timeline_keeps_scaling_and_app_server_events_newest_first():
+    events = [{"ts": 1, "event": "scaled", "app_servers": 3}, {"ts": 2, "event": "died", "name": "replica-1"},
+              {"ts": 3, "event": "died", "name": "app-2"}, {"ts": 4, "event": "phase", "phase": "ready"},
+              {"ts": 5, "event": "autoscale", "decision": "out"}]
+    assert [e["ts"] for e in loadbalancing.scaling_events(events)] == [5, 3, 1]

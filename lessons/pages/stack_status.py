@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from lessons import caching, data_nodes, ratelimit, readmodel, sharding
+from lessons import caching, data_nodes, loadbalancing, ratelimit, readmodel, sharding
 from lessons.client import StackClient
 from workbench import parameters
 
@@ -128,7 +128,10 @@ def render():
 
     st.subheader("Processes")
     st.table(_process_table(procs))
-    _data_nodes(state.get("data_nodes"), client.topology())
+    topo = client.topology()
+    events = client.events()
+    loadbalancing.render(state, topo, events, _events_table)
+    _data_nodes(state.get("data_nodes"), topo)
     sharding.render(client.shards())
     caching.render(client.cache())
     readmodel.render(client.readmodel())
@@ -136,13 +139,13 @@ def render():
 
     st.subheader("Entry points")
     st.markdown(f"- API (through Caddy): `{state['api_url']}`  \n"
-                f"- App servers, direct: {', '.join(f'`{u}`' for u in state['direct_urls'])}  \n"
+                + (f"- API over HTTPS (Caddy's internal CA): `{state['https_url']}`  \n" if state.get("https_url") else "")
+                + f"- App servers, direct: {', '.join(f'`{u}`' for u in state['direct_urls'])}  \n"
                 f"- API docs: [{state['api_url']}/api/docs]({state['api_url']}/api/docs)")
 
     st.subheader("Readiness of the API's dependencies")
     _readiness(client.readiness())
 
-    events = client.events()
     if events:
         st.subheader("Controller events")
         st.caption(f"The {min(len(events), RECENT_EVENTS)} most recent of {len(events)}, newest first.")
