@@ -15,6 +15,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 # Valkey Cluster uses port+10000 for its bus, so every engine port must stay at or below this.
 MAX_SERVICE_PORT = 55535
+# App-server slots app-1 .. app-8: Caddy lists all of them, and health checks decide which serve.
+MAX_APP_SERVERS = 8
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,11 @@ class StackConfig:
     @property
     def caddy_port(self) -> int:
         return self.port_base
+
+    @property
+    def https_port(self) -> int:
+        """Caddy's TLS listener (same routes as caddy_port), with a certificate from Caddy's own CA."""
+        return self.port_base + 443
 
     @property
     def caddy_admin_port(self) -> int:
@@ -112,6 +119,10 @@ class StackConfig:
         return f"http://127.0.0.1:{self.caddy_port}"
 
     @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    @property
     def controller_url(self) -> str:
         return f"http://127.0.0.1:{self.controller_port}"
 
@@ -153,6 +164,12 @@ class StackConfig:
         return self.data_dir / "media"
 
     @property
+    def caddy_root_ca(self) -> Path:
+        """The root certificate of Caddy's internal CA (XDG_DATA_HOME is <data_dir>/caddy/data):
+        clients verify https_url against it; it is never installed in the system's trust store."""
+        return self.data_dir / "caddy" / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+
+    @property
     def token_file(self) -> Path:
         return self.data_dir / "controller.token"
 
@@ -173,7 +190,7 @@ class StackConfig:
 
     def front_ports(self) -> list[tuple[str, int]]:
         """Every port `up` will bind, with the process that binds it."""
-        ports = [("caddy", self.caddy_port), ("caddy-admin", self.caddy_admin_port),
+        ports = [("caddy", self.caddy_port), ("caddy-https", self.https_port), ("caddy-admin", self.caddy_admin_port),
                  ("controller", self.controller_port), ("dashboard", self.dashboard_port)]
         ports += [(f"app-{i}", self.app_port(i)) for i in range(1, self.app_servers + 1)]
         if not self.meta_database_url:

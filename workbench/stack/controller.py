@@ -251,7 +251,7 @@ class Controller:
                          "rss_bytes": proc.rss_bytes() if running else 0, "restarts": proc.restarts})
         return {
             "phase": self.phase, "error": self.error,
-            "api_url": cfg.api_url,
+            "api_url": cfg.api_url, "https_url": cfg.https_url,  # TLS: verify with cfg.caddy_root_ca
             "direct_urls": [cfg.direct_url(i) for i in range(1, cfg.app_servers + 1)],
             "dashboard_url": cfg.dashboard_url,
             "controller_url": cfg.controller_url,
