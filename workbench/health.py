@@ -1,4 +1,7 @@
-"""Liveness says the process answers; readiness checks each dependency and names the one that fails."""
+"""Liveness says the process answers; readiness checks each dependency and names the one that fails.
+Liveness is also what Caddy's active health check asks (workbench/stack/caddy.py), so a draining
+app server answers it with 503 to leave the rotation before it is stopped (stack/apps.py)."""
+import os
 import time
 
 import redis
@@ -6,8 +9,19 @@ from django.conf import settings
 from django.db import connections
 from django.http import JsonResponse
 
+from workbench.stack.apps import draining_marker
+
+# This server's marker, fixed for the process: each probe costs one stat() and nothing else.
+_DRAINING = str(draining_marker(settings.STACK, settings.APP_SERVER_NAME))
+
 
 def healthz(request):
+    if os.path.exists(_DRAINING):
+        # RFC 9457 keeps `status` for the HTTP code: the state goes in an extension member.
+        body = {"type": "about:blank", "title": "Service Unavailable", "status": 503, "state": "draining",
+                "app_server": settings.APP_SERVER_NAME,
+                "detail": f"{settings.APP_SERVER_NAME} is draining: it finishes what it has, then stops"}
+        return JsonResponse(body, status=503, content_type="application/problem+json")
     return JsonResponse({"status": "ok", "app_server": settings.APP_SERVER_NAME})
 
 

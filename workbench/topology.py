@@ -37,8 +37,9 @@ PLACEMENT_FIELDS = ("sharding", "shards", "reshard_shards")
 # topology, each such field is reported as pending, with what runs now.
 CONTROLLED_FIELDS = ("shard_groups", "replicas", "replication", "replica_delays_ms", "indexes.post_user_time", "pgbouncer",
                      "app_servers", "cache.state_fsync", "cache_nodes", "lb_policy")
-# Recorded but not carried out by any controller code yet (the load-balancer issue starts app servers).
-NOT_CARRIED_OUT = {"app_servers"}
+# Recorded but not carried out by any controller code yet (none at the moment; app servers are
+# started and drained by workbench/stack/apps.py).
+NOT_CARRIED_OUT: set[str] = set()
 
 
 # --- the schema ----------------------------------------------------------------------------------
@@ -212,6 +213,26 @@ class Shedding:
 
 
 @dataclass(frozen=True)
+class Autoscale:
+    """The controller's autoscaler (workbench/stack/autoscale.py): every second it samples each
+    app server's requests in flight (Caddy's), CPU (percent of one core) and memory (RSS, percent
+    of the machine's); over a few seconds' mean, any signal above its target scales out, all far
+    enough below scale in one server at a time (hysteresis), with `cooldown_s` between changes. It
+    writes `app_servers`, so a change goes the same way as a manual one (drained on the way in).
+    A target of 0 switches that signal off. During `peak_hours` (UTC, `HH-HH`, e.g. `09-17`; may
+    wrap past midnight; empty: none) it keeps at least `peak_min` servers."""
+    enabled: bool = _bool(False)
+    min: int = _int(1, 1, 8)
+    max: int = _int(4, 1, 8)
+    cooldown_s: int = _int(30, 0, 3600)
+    in_flight: float = _number(6, 0, 1000)   # per server; 2 workers x 4 threads serve 8 at once
+    cpu_pct: float = _number(80, 0, 1600)    # per server, percent of one core
+    memory_pct: float = _number(0, 0, 100)   # per server, percent of the machine's memory
+    peak_hours: str = _text("", r"|([01][0-9]|2[0-3])-([01][0-9]|2[0-4])", "empty or HH-HH in UTC, e.g. 09-17")
+    peak_min: int = _int(2, 1, 8)
+
+
+@dataclass(frozen=True)
 class Auth:
     """Who may call what (api/gateway/auth.py, rbac.py). Writes always need a token, except sign-up
     and the token endpoints; reads need one only when `anonymous_reads` is off."""
@@ -264,6 +285,8 @@ class Topology:
     shedding: Shedding = _group(Shedding)
     # Authentication: whether reads may be anonymous.
     auth: Auth = _group(Auth)
+    # The autoscaler of app servers (off by default): it writes `app_servers` while on.
+    autoscale: Autoscale = _group(Autoscale)
 
     @property
     def shard_groups(self) -> int:
@@ -507,6 +530,13 @@ def _cross_checks(t: Topology) -> list[tuple[str, str]]:
     if t.cache.invalidation == "ttl" and t.cache.mode not in ("off", "cache-aside"):
         errors.append(("cache.invalidation", f"ttl-only invalidation goes with cache-aside; {t.cache.mode} "
                                              "writes the cache on every write by definition"))
+    scaler = t.autoscale
+    if scaler.min > scaler.max:
+        errors.append(("autoscale.min", f"must not exceed autoscale.max ({scaler.max}), not {scaler.min}"))
+    if scaler.peak_hours and scaler.peak_min > scaler.max:
+        errors.append(("autoscale.peak_min", f"must not exceed autoscale.max ({scaler.max}), not {scaler.peak_min}"))
+    if scaler.peak_hours and scaler.peak_hours[:2] == scaler.peak_hours[3:]:
+        errors.append(("autoscale.peak_hours", f"starts and ends at the same hour: {_show(scaler.peak_hours)}"))
     names = [rule.name for rule in t.rate_limit.rules]
     for index, name in enumerate(names):
         if names.index(name) != index:  # a name is a policy in the headers and the key of its buckets

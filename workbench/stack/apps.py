@@ -1,12 +1,29 @@
-"""App servers (gunicorn gthread groups, one port each) and the Streamlit dashboard."""
+"""App servers (gunicorn gthread groups, one port each) and the Streamlit dashboard.
+
+`AppTier` carries out the topology's `app_servers`: app-k (k = 1..N, on cfg.app_port(k)) runs for
+k <= N. Caddy lists every slot with an active health check on /healthz (caddy.py) and is never
+reloaded at run time (a reload closes client keep-alive connections), so rotation follows health:
+a started server joins once its check passes; a server to stop first drains, its /healthz
+answering 503 (workbench/health.py) so that Caddy takes it out, and only then is it stopped.
+"""
 from __future__ import annotations
 
 import sys
+import threading
+import time
+from pathlib import Path
 
 import requests
 
+from . import caddy
 from .config import PROJECT_DIR, StackConfig
-from .process import ProcessSpec
+from .process import ProcessSpec, Supervised
+
+MAX_APP_SERVERS = 8  # the topology's bound: Caddy lists this many slots
+# Caddy checks each upstream's /healthz every second and one failed check takes it out; the margin
+# covers a check already under way when the marker appeared and a slow answer on busy cores.
+LEAVE_ROTATION_S = 2.5
+IN_FLIGHT_WAIT_S = 10.0  # then SIGTERM anyway: gunicorn's graceful stop still finishes what is in flight
 
 
 def stack_env(cfg: StackConfig) -> dict:
@@ -46,6 +63,80 @@ def app_server(cfg: StackConfig, index: int) -> ProcessSpec:
         cwd=PROJECT_DIR, env={**stack_env(cfg), "WORKBENCH_APP_SERVER": name},
         health=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
     )
+
+
+def draining_marker(cfg: StackConfig, name: str) -> Path:
+    """While this file exists, app server `name` answers /healthz with 503 `draining`."""
+    return cfg.run_dir / "draining" / name
+
+
+class AppTier:
+    """The controller's app servers: started and drained to match `app_servers` (see the module
+    docstring). `scale` runs on the controller's topology thread only, so calls never overlap."""
+
+    def __init__(self, ctl):
+        self.ctl, self.cfg = ctl, ctl.cfg
+
+    def _supervised(self) -> dict[int, Supervised]:
+        """Index -> app server the controller keeps running (restarted if it dies)."""
+        with self.ctl.lock:
+            return {k: proc for k in range(1, MAX_APP_SERVERS + 1)
+                    if (proc := self.ctl.procs.get(f"app-{k}")) and not proc.retired}
+
+    def running(self) -> list[int]:
+        """Indexes of the app servers whose process is alive now (a killed one is not, until the
+        supervisor has restarted it)."""
+        return [k for k, proc in self._supervised().items() if proc.exited() is None]
+
+    def scale(self, wanted: int) -> None:
+        supervised = self._supervised()
+        before = len(supervised)
+        extra = [proc for k, proc in supervised.items() if k > wanted]
+        if extra:
+            self._drain(extra)
+        started = 0
+        for k in range(1, wanted + 1):
+            if k not in supervised:
+                draining_marker(self.cfg, f"app-{k}").unlink(missing_ok=True)  # left by a crashed drain
+                self.ctl._start(app_server(self.cfg, k))  # returns once its /healthz answers 200
+                started += 1
+        if extra or started:
+            self.ctl.log("scaled", app_servers_before=before, app_servers=len(self._supervised()))
+
+    def _drain(self, procs: list[Supervised]) -> None:
+        """Out of Caddy's rotation first, then stopped; all at once, so a 4 -> 1 waits once."""
+        began = time.monotonic()
+        names = [proc.spec.name for proc in procs]
+        for name in names:
+            marker = draining_marker(self.cfg, name)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            self.ctl.log("draining", name=name)
+        self.ctl.stopping.wait(LEAVE_ROTATION_S)
+        self._wait_in_flight({f"127.0.0.1:{proc.spec.port}" for proc in procs})
+        # retire(): SIGTERM (gunicorn finishes in-flight requests, up to --graceful-timeout), and
+        # marked so the supervisor does not restart it. In parallel: each may take seconds.
+        stoppers = [threading.Thread(target=proc.retire) for proc in procs]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
+        with self.ctl.lock:
+            for name in names:
+                self.ctl.procs.pop(name, None)
+        self.ctl._save_pids()
+        for name in names:
+            draining_marker(self.cfg, name).unlink(missing_ok=True)
+            self.ctl.log("drained", name=name, seconds=round(time.monotonic() - began, 2))
+
+    def _wait_in_flight(self, addresses: set[str]) -> None:
+        """Until Caddy has no request in flight to these servers (bounded; skipped if Caddy is down)."""
+        deadline = time.monotonic() + IN_FLIGHT_WAIT_S
+        while time.monotonic() < deadline and not self.ctl.stopping.is_set():
+            rows = caddy.upstreams(self.cfg)
+            if rows is None or not any(r["in_flight"] for r in rows if r["address"] in addresses):
+                return
+            time.sleep(0.1)
 
 
 def reconciler(cfg: StackConfig) -> ProcessSpec:

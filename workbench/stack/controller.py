@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 
-from . import apps, caddy, config, datanodes, postgres, valkey
+from . import apps, autoscale, caddy, config, datanodes, postgres, valkey
 from .process import ProcessSpec, Supervised, stop_tree
 
 HEALTH_INTERVAL = 1.0
@@ -47,6 +48,7 @@ class Controller:
         self.run: dict | None = None          # the measurement run in progress (one at a time)
         self.run_proc: subprocess.Popen | None = None
         self.data_nodes: datanodes.DataNodes | None = None
+        self.apps: apps.AppTier | None = None  # set when bring-up reaches the app tier; scaling waits till then
 
     # --- events -------------------------------------------------------------------------------
     def log(self, event: str, **fields) -> None:
@@ -80,20 +82,24 @@ class Controller:
         self._manage("demo_accounts")
         self.set_phase("starting shards and replicas")
         self.data_nodes = datanodes.DataNodes(self)
+        stored = None
         try:  # the topology kept in the state Valkey may ask for shards and replicas: start them before serving
-            self.data_nodes.apply(self.data_nodes.store.read().topology)
+            stored = self.data_nodes.store.read().topology
+            self.data_nodes.apply(stored)
         except Exception as exc:  # the apply thread keeps trying; the stack can serve from the primary
             self.log("topology_apply_failed", error=str(exc))
         threading.Thread(target=self.data_nodes.monitor_forever, daemon=True).start()
         self.set_phase("starting app servers")
-        for i in range(1, cfg.app_servers + 1):
-            self._start(apps.app_server(cfg, i))
+        shutil.rmtree(cfg.run_dir / "draining", ignore_errors=True)  # a drain the last controller left half done
+        self.apps = apps.AppTier(self)
+        self.apps.scale(stored.app_servers if stored else cfg.app_servers)  # as many as the topology says
         self._start(apps.reconciler(cfg))
         self._start(apps.flusher(cfg))
         self._start(apps.relay(cfg))
         self._start(caddy.spec(cfg))
         self._start(apps.dashboard(cfg))
         threading.Thread(target=self.data_nodes.apply_forever, daemon=True).start()
+        threading.Thread(target=autoscale.Autoscaler(self).run_forever, daemon=True).start()
         self.set_phase("ready")
 
     def _start_postgres(self, name: str, role: str, port: int, database: str) -> None:
@@ -252,7 +258,7 @@ class Controller:
         return {
             "phase": self.phase, "error": self.error,
             "api_url": cfg.api_url, "https_url": cfg.https_url,  # TLS: verify with cfg.caddy_root_ca
-            "direct_urls": [cfg.direct_url(i) for i in range(1, cfg.app_servers + 1)],
+            "direct_urls": [cfg.direct_url(i) for i in (self.apps.running() if self.apps else [])],
             "dashboard_url": cfg.dashboard_url,
             "controller_url": cfg.controller_url,
             "data_dir": str(cfg.data_dir),

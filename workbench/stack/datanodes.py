@@ -221,6 +221,8 @@ class DataNodes:
         attempt(self._set_state_fsync, t.cache.state_fsync)
         attempt(self.cache_cluster.apply, t.cache_nodes)
         attempt(caddy.set_policy, self.cfg, t.lb())  # live, through Caddy's admin API
+        if self.ctl.apps:  # app servers started or drained (stack/apps.py), once bring-up has reached them
+            attempt(self.ctl.apps.scale, t.app_servers)
         self.running = self.read_running()
         if errors:
             raise errors[0]
@@ -250,7 +252,8 @@ class DataNodes:
                 "replication": _agreed({g.primary: self._replication_mode(g) for g in groups}),
                 "replica_delays_ms": {name: self._apply_delay(name) for names in replicas.values() for name in names},
                 "indexes.post_user_time": _agreed({g.primary: self._index_state(g)[0] for g in groups}),
-                "pgbouncer": self._pgbouncer_running(), "app_servers": self.cfg.app_servers,
+                "pgbouncer": self._pgbouncer_running(),
+                "app_servers": len(self.ctl.apps.running()) if self.ctl.apps else 0,
                 "cache.state_fsync": self._state_fsync(), "cache_nodes": self.cache_cluster.running(),
                 "lb_policy": caddy.running_policy(self.cfg)}
 
