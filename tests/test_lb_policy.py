@@ -8,9 +8,12 @@ reach at least two servers.
 
 A switch writes a marker file that Caddy's `file` matcher reads on each request: no reload, so no
 connection is closed, and a switch under load (reads and writes, sent once each, never resent)
-fails no request at all."""
+fails no request at all. Only a new header name for the header policy reloads Caddy's config, and
+the config file it is rendered to is what a Caddy restarted after a crash runs again."""
 import collections
 import itertools
+import os
+import signal
 import threading
 
 import pytest
@@ -119,3 +122,14 @@ def test_switching_policies_under_load_fails_no_request(lb, stack, stack_config,
 def test_an_unknown_policy_or_header_name_is_a_problem_naming_the_field(lb, topology_admin):
     assert_problem(topology_admin.patch({"lb_policy": "random"}), 400, "lb_policy")
     assert_problem(topology_admin.patch({"lb_header": "X User"}), 400, "lb_header")
+
+
+def test_a_caddy_killed_and_restarted_runs_the_same_policy_and_header(lb, http, stack, stack_config, controller):
+    lb("header", "X-Tenant")  # a new header name: the one switch that reloads Caddy
+    before = controller.process("caddy")
+    os.kill(before["pid"], signal.SIGKILL)
+    wait_for(lambda: (row := controller.process("caddy"))["pid"] not in (None, before["pid"]) and row["healthy"],
+             timeout=60, what="the controller restarting Caddy")
+    assert caddy.running_policy(stack_config) == "header:X-Tenant"
+    seen = servers(http, stack["api_url"] + "/healthz", 10, {"X-Tenant": "acme"})
+    assert len(seen) == 1, seen

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import requests
 
@@ -78,15 +79,22 @@ def marked_policy(cfg: StackConfig) -> str:
 
 def running_policy(cfg: StackConfig) -> str | None:
     """The policy Caddy runs now, as Topology.lb() writes it; None while Caddy cannot be asked."""
-    try:
-        response = requests.get(_admin(cfg, f"/id/{HANDLER_ID.format('header')}/load_balancing/selection_policy"),
-                                timeout=2)
-        response.raise_for_status()
-        field = (response.json() or {}).get("field")
-    except (requests.RequestException, ValueError):
+    header = _running_header(cfg)
+    if header is None:
         return None
     name = marked_policy(cfg)
-    return f"header:{field}" if name == "header" else name
+    return f"header:{header}" if name == "header" else name
+
+
+def _running_header(cfg: StackConfig) -> str | None:
+    """The header name Caddy's header handler hashes on; None while Caddy cannot be asked."""
+    path = f"/id/{HANDLER_ID.format('header')}/load_balancing/selection_policy/field"
+    try:
+        response = requests.get(_admin(cfg, path), timeout=2)
+        response.raise_for_status()
+        return response.json()
+    except (requests.RequestException, ValueError):
+        return None
 
 
 def set_policy(cfg: StackConfig, lb: str) -> bool:
@@ -114,14 +122,11 @@ def _use_header(cfg: StackConfig, header: str) -> bool:
     field is part of the handler's config): rare, an operator's choice, and a reload closes idle
     client connections as the module docstring says. The config file is rewritten first, so a
     Caddy restarted after a crash comes back with the same name."""
-    if running_policy(cfg) is None:
+    running = _running_header(cfg)
+    if running is None:
         return False
-    path = f"/id/{HANDLER_ID.format('header')}/load_balancing/selection_policy/field"
-    try:
-        if requests.get(_admin(cfg, path), timeout=2).json() == header:
-            return True
-    except (requests.RequestException, ValueError):
-        return False
+    if running == header:
+        return True
     _header_file(cfg).write_text(header)
     document = write_config(cfg)
     try:
@@ -136,24 +141,37 @@ def _use_header(cfg: StackConfig, header: str) -> bool:
 def upstreams(cfg: StackConfig) -> list[dict] | None:
     """Caddy's upstream stats, per app server: `in_flight` is its requests in flight now (Caddy's
     num_requests, per address and so shared by the policies' handlers), `fails` the failures that
-    passive health checks remember (0 while none are configured, see proxy()). Listed: the
-    configured app servers and any other slot whose port is taken (scaled up). `healthy` only when
-    Caddy reports it (2.11's admin API carries no active health state: caddyserver/caddy#6135).
-    None while Caddy cannot be asked."""
+    passive health checks remember (0 while none are configured, see proxy()), `healthy` what the
+    active health checks last said, as Caddy's metrics sample it (every 10 s: the admin API itself
+    carries no health state, caddyserver/caddy#6135). Listed: the configured app servers and any
+    other slot whose port is taken (scaled up). None while Caddy cannot be asked."""
     try:
         response = requests.get(_admin(cfg, "/reverse_proxy/upstreams"), timeout=2)
         response.raise_for_status()
         rows = {row.get("address"): row for row in response.json() or []}
     except (requests.RequestException, ValueError):
         return None
+    healthy = health_gauge(cfg)
     listed = []
     for i in range(1, MAX_APP_SERVERS + 1):
         address = f"127.0.0.1:{cfg.app_port(i)}"
         row = rows.get(address, {})
         if i <= cfg.app_servers or row.get("num_requests") or ports.in_use(cfg.app_port(i)):
             listed.append({"app_server": f"app-{i}", "address": address, "in_flight": row.get("num_requests", 0),
-                           "fails": row.get("fails", 0), **({"healthy": row["healthy"]} if "healthy" in row else {})})
+                           "fails": row.get("fails", 0), "healthy": healthy.get(address)})
     return listed
+
+
+HEALTHY_GAUGE = re.compile(r'^caddy_reverse_proxy_upstreams_healthy\{upstream="([^"]+)"\} (\S+)$', re.M)
+
+
+def health_gauge(cfg: StackConfig) -> dict:
+    """{address: bool} from Caddy's caddy_reverse_proxy_upstreams_healthy gauge; {} if unreadable."""
+    try:
+        text = requests.get(_admin(cfg, "/metrics"), timeout=2).text
+    except requests.RequestException:
+        return {}
+    return {address: float(value) > 0 for address, value in HEALTHY_GAUGE.findall(text)}
 
 
 def _admin(cfg: StackConfig, path: str) -> str:
