@@ -21,6 +21,8 @@ import re
 
 import requests
 
+from workbench import topology
+
 from . import binaries, ports
 from .config import MAX_APP_SERVERS, PROJECT_DIR, StackConfig
 from .process import ProcessSpec
@@ -30,7 +32,7 @@ from .process import ProcessSpec
 # writes them (`header` stands for `header:<lb_header>`).
 MARKED_POLICIES = ("least_conn", "header", "uri")
 DEFAULT_POLICY = "round_robin"
-DEFAULT_HEADER = "X-User-Id"  # Topology's default lb_header, until set_policy names another
+DEFAULT_HEADER = topology.Topology().lb_header  # until set_policy names another
 
 # "@id" of each policy's handler, so the admin API can read it: /id/lb_header/load_balancing/...
 HANDLER_ID = "lb_{}"
