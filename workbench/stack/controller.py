@@ -20,6 +20,7 @@ import psutil
 
 from . import apps, autoscale, caddy, config, datanodes, postgres, valkey
 from .process import ProcessSpec, Supervised, stop_tree
+from api import served  # noqa: E402 - plain module: counters in the state Valkey, no Django needed
 
 HEALTH_INTERVAL = 1.0
 ENGINE_ROLES = ("postgres", "pgbouncer", "valkey")  # what the app tier depends on: stopped last
@@ -266,7 +267,15 @@ class Controller:
             "data_nodes": report.to_dict() if report else None,
             # Per app server, from Caddy's upstream stats (GET /reverse_proxy/upstreams).
             "upstreams": caddy.upstreams(cfg) if self.phase == "ready" else None,
+            # Requests each app server answered since the start, as the servers counted them (api/served.py).
+            "served": self._served(),
         }
+
+    def _served(self) -> dict:
+        try:
+            return served.totals(self.data_nodes.state) if self.data_nodes else {}
+        except Exception:  # noqa: BLE001 - the state Valkey down: the status still answers
+            return {}
 
 
 class _Handler(BaseHTTPRequestHandler):
