@@ -15,12 +15,11 @@ from conftest import ANONYMOUS, Background, wait_for
 PASSWORD = "correct-horse"
 
 
-@pytest.fixture
-def restore_app_servers(topology_admin):
-    """Other modules expect the stack's default count: put it back whatever happens."""
-    original = topology_admin.data()["topology"]["app_servers"]
+@pytest.fixture(scope="module", autouse=True)
+def defaults_after(topology_admin):
+    """Other modules expect the defaults (2 app servers): put them back, as a new version."""
     yield
-    topology_admin.apply({"app_servers": original})
+    topology_admin.apply({}, replace=True)
 
 
 def served_by(response) -> str:
@@ -37,9 +36,11 @@ def test_a_session_survives_the_crash_of_its_app_server(new_user, api_url, contr
     assert first.status_code == 200, first.text
     victim = served_by(first)
     pid = controller.process(victim)["pid"]
+    family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-             timeout=30, what=f"{victim} (pid {pid}) to die")
+    # Its workers hold the listening socket until the supervisor kills what is left of the group.
+    wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family),
+             timeout=30, what=f"{victim}'s processes to be gone")
 
     # Every request from here on started after the kill, so none may fail: Caddy sends it to
     # another server (a dial to the dead one fails before anything is sent, and is tried elsewhere).
@@ -61,7 +62,7 @@ def test_a_session_survives_the_crash_of_its_app_server(new_user, api_url, contr
 
 
 def test_scaling_4_to_1_to_4_under_load_fails_no_request(topology_admin, controller, api_url, new_user,
-                                                         stack_config, restore_app_servers):
+                                                         stack_config):
     user = new_user()
     counter = itertools.count()
 

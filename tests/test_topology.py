@@ -63,7 +63,10 @@ def test_patch_merges_put_replaces_and_get_reads_back(admin):
     assert replaced["version"] == patched["version"] + 1
     assert replaced["topology"] == {**DEFAULTS, "app_servers": 3}  # absent fields went back to defaults
     # Pending until the controller has started app-3 (seconds: a gunicorn boots), then drained again.
+    # Each change is waited for: a change undone before the controller has picked it up (it polls
+    # every 0.25 s) can look settled for a moment and still be carried out after.
     assert replaced["pending"] == [{"field": "app_servers", "wanted": 3, "running": 2}]
+    admin.settled()
     admin.put({})
     assert admin.settled()["pending"] == []
 
@@ -241,9 +244,11 @@ def test_cli_show_and_set(admin):
     # Listed as pending only until the controller has started app-3, which may be done by now.
     assert "pending for the controller: app_servers 2 -> 3" in text.stdout or "pending" not in text.stdout
 
+    admin.settled()  # app-3 started before it is undone (see test_patch_merges_put_replaces_and_get_reads_back)
     reset = manage("reset")
     assert reset.returncode == 0, reset.stderr
     assert admin.data()["topology"] == DEFAULTS
+    admin.settled()
 
 
 def test_cli_invalid_set_exits_non_zero_and_changes_nothing(admin):

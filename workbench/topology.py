@@ -90,7 +90,7 @@ def _items(cls, default: tuple, max_items: int):
 
 @functools.lru_cache(maxsize=1)
 def _default_app_servers() -> int:
-    return min(max(config.load().app_servers, 1), 8)  # what `up` started, within this field's bounds
+    return min(max(config.load().app_servers, 1), config.MAX_APP_SERVERS)  # what `up` started, within bounds
 
 
 _EMULATION = parameters.emulation()
@@ -222,14 +222,14 @@ class Autoscale:
     A target of 0 switches that signal off. During `peak_hours` (UTC, `HH-HH`, e.g. `09-17`; may
     wrap past midnight; empty: none) it keeps at least `peak_min` servers."""
     enabled: bool = _bool(False)
-    min: int = _int(1, 1, 8)
-    max: int = _int(4, 1, 8)
+    min: int = _int(1, 1, config.MAX_APP_SERVERS)
+    max: int = _int(4, 1, config.MAX_APP_SERVERS)
     cooldown_s: int = _int(30, 0, 3600)
     in_flight: float = _number(6, 0, 1000)   # per server; 2 workers x 4 threads serve 8 at once
     cpu_pct: float = _number(80, 0, 1600)    # per server, percent of one core
     memory_pct: float = _number(0, 0, 100)   # per server, percent of the machine's memory
     peak_hours: str = _text("", r"|([01][0-9]|2[0-3])-([01][0-9]|2[0-4])", "empty or HH-HH in UTC, e.g. 09-17")
-    peak_min: int = _int(2, 1, 8)
+    peak_min: int = _int(2, 1, config.MAX_APP_SERVERS)
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,8 @@ class Topology:
     # Route data-primary connections through a PgBouncer the controller runs (an external pooler:
     # the app opens a connection per request to it, and it keeps the server connections).
     pgbouncer: bool = _bool(False)
-    app_servers: int = field(default_factory=_default_app_servers, metadata={"kind": "int", "low": 1, "high": 8})
+    app_servers: int = field(default_factory=_default_app_servers,
+                             metadata={"kind": "int", "low": 1, "high": config.MAX_APP_SERVERS})
     # Users are placed on a shard by their id (api/routing/shards.py); each shard is a PostgreSQL
     # primary of its own, with `replicas` replicas. Changed only by `reshard`, which moves the rows.
     sharding: str = _choice("hash", "hash", "consistent", "modulo", "range", "directory")

@@ -16,10 +16,9 @@ from pathlib import Path
 import requests
 
 from . import caddy
-from .config import PROJECT_DIR, StackConfig
+from .config import MAX_APP_SERVERS, PROJECT_DIR, StackConfig
 from .process import ProcessSpec, Supervised
 
-MAX_APP_SERVERS = 8  # the topology's bound: Caddy lists this many slots
 # Caddy checks each upstream's /healthz every second and one failed check takes it out; the margin
 # covers a check already under way when the marker appeared and a slow answer on busy cores.
 LEAVE_ROTATION_S = 2.5
