@@ -75,6 +75,7 @@ class AppTier:
 
     def __init__(self, ctl):
         self.ctl, self.cfg = ctl, ctl.cfg
+        self.scaling = False  # a scale is under way: a started server may still be booting
 
     def _supervised(self) -> dict[int, Supervised]:
         """Index -> app server the controller keeps running (restarted if it dies)."""
@@ -89,18 +90,20 @@ class AppTier:
 
     def scale(self, wanted: int) -> None:
         supervised = self._supervised()
-        before = len(supervised)
         extra = [proc for k, proc in supervised.items() if k > wanted]
-        if extra:
-            self._drain(extra)
-        started = 0
-        for k in range(1, wanted + 1):
-            if k not in supervised:
+        missing = [k for k in range(1, wanted + 1) if k not in supervised]
+        if not extra and not missing:
+            return
+        self.scaling = True
+        try:
+            if extra:
+                self._drain(extra)
+            for k in missing:
                 draining_marker(self.cfg, f"app-{k}").unlink(missing_ok=True)  # left by a crashed drain
                 self.ctl._start(app_server(self.cfg, k))  # returns once its /healthz answers 200
-                started += 1
-        if extra or started:
-            self.ctl.log("scaled", app_servers_before=before, app_servers=len(self._supervised()))
+        finally:
+            self.scaling = False
+        self.ctl.log("scaled", app_servers_before=len(supervised), app_servers=len(self._supervised()))
 
     def _drain(self, procs: list[Supervised]) -> None:
         """Out of Caddy's rotation first, then stopped; all at once, so a 4 -> 1 waits once."""

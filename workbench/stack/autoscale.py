@@ -130,8 +130,12 @@ class Autoscaler:
             self.last_kind = None
             return
         running = self.ctl.apps.running()
-        if len(running) != t.app_servers:
-            return  # a change is being carried out (or a server restarts): its samples would mislead
+        if self.ctl.apps.scaling or len(running) != t.app_servers:
+            # A change is being carried out (or a server restarts): its samples would mislead, and
+            # the cooldown counts from when it is done, not from when it was asked for.
+            self.changed_at = time.monotonic()
+            self.window.clear()
+            return
         self.window.append(self.sample(running))
         if len(self.window) < MIN_SAMPLES:
             return

@@ -161,6 +161,10 @@ class Controller:
                 last_health = now
             with self.lock:
                 procs = list(self.procs.values())
+            # A restart pending for a process since stopped on purpose (an app server scaled away
+            # while it was down) must not carry over to a new one of that name.
+            for name in set(restart_at) - {p.spec.name for p in procs if not p.retired}:
+                del restart_at[name]
             for proc in procs:
                 if self.stopping.is_set():
                     return
