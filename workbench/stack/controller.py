@@ -99,6 +99,10 @@ class Controller:
         self._start(apps.relay(cfg))
         self._start(caddy.spec(cfg))
         self._start(apps.dashboard(cfg))
+        try:  # again, now that the app servers and Caddy run, so that the report says so before `ready`
+            self.data_nodes.apply(self.data_nodes.store.read().topology)
+        except Exception as exc:  # as above: the apply thread keeps trying
+            self.log("topology_apply_failed", error=str(exc))
         threading.Thread(target=self.data_nodes.apply_forever, daemon=True).start()
         threading.Thread(target=autoscale.Autoscaler(self).run_forever, daemon=True).start()
         self.set_phase("ready")
