@@ -355,9 +355,10 @@ def _preamble(cfg, o, what, options: str = "") -> list[str]:
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `python manage.py bench_topology {o['suite']} "
         f"--repeats {o['repeats']} --duration {o['duration']:g} --rate {o['rate']:g} --connections "
         f"{o['connections']}{options}` on {m['cores']} cores / {m['memory_bytes'] / 2**30:.0f} GiB ({m['platform']}); "
-        f"the generator, {cfg.app_servers} app servers x {cfg.app_workers} gthread workers x {cfg.app_threads} "
-        f"threads, Caddy round-robin, and every PostgreSQL node share the machine. Workload: {what}."
-        + ("" if o["suite"] in ("caching", "fastpath", "cachenodes", "ratelimit") else " No cache."),
+        f"the generator, the app servers ({cfg.app_servers} unless a case sets `app_servers`; each {cfg.app_workers} "
+        f"gthread workers x {cfg.app_threads} threads), Caddy (round-robin unless a case sets `lb_policy`), and every "
+        f"PostgreSQL node share the machine. Workload: {what}."
+        + ("" if o["suite"] in ("caching", "fastpath", "cachenodes", "ratelimit", "lbl1") else " No cache."),
         "",
         f"Medians of {o['repeats']} interleaved repetitions. Throughput: closed loop, {o['connections']} "
         f"connections. Latency: open model at {o['rate']:g} req/s, timed from the intended send. Emulation, where "
