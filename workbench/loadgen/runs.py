@@ -152,8 +152,7 @@ class CpuSampler:
 def topology_of(cfg: StackConfig) -> dict:
     """The topology document the run measures under (version included), read from the `state`
     Valkey, plus how the stack's processes are actually laid out."""
-    processes = {"app_servers_running": cfg.app_servers, "app_workers": cfg.app_workers,
-                 "app_threads": cfg.app_threads, "lb_policy": "round_robin"}
+    processes = {"app_workers": cfg.app_workers, "app_threads": cfg.app_threads}
     try:
         client = redis.Redis.from_url(cfg.state_url, socket_timeout=2, socket_connect_timeout=2)
         try:
@@ -161,6 +160,9 @@ def topology_of(cfg: StackConfig) -> dict:
             report = nodes.read(client)
         finally:
             client.close()
+        # The controller's report: how many app servers run and the policy Caddy runs, right now.
+        processes.update(app_servers_running=report.running.get("app_servers"),
+                         lb_policy=report.running.get("lb_policy"))
         # What ran may lag the document while the controller applies it: both are kept.
         return {"version": doc.version, **doc.topology.to_dict(), "processes": processes,
                 "running": report.running, "pending": topology_doc.pending(doc.topology, report.running)}

@@ -77,8 +77,7 @@ class Command(BaseCommand):
         self._print(doc)
 
     def _wait(self, doc: topology.Document, timeout: float = 300) -> None:
-        """Poll the controller's report until nothing it carries out is pending (app servers are
-        not carried out yet, so they never hold this up)."""
+        """Poll the controller's report until nothing it carries out is pending."""
         deadline = time.monotonic() + timeout
         said = None
         while True:
