@@ -426,8 +426,8 @@ def test_the_mixed_workload_sends_slow_reads_beside_point_reads():
     kinds = collections.Counter(kind for kind, *_ in sent)
     assert set(kinds) == {"user", "search", "large_page"} and 100 < kinds["search"] < 300, kinds
     paths = {kind: path for kind, _, path, _ in sent}
-    assert paths["search"].startswith("/api/v1/search/posts?q=")
-    assert paths["large_page"].endswith("/posts?limit=100")
+    assert paths["search"].startswith("/api/v1/search/posts?q=") and paths["search"].count("+") == 7
+    assert paths["large_page"] == "/api/v1/users?limit=100"
     assert all(method == "GET" and body is None for _, method, _, body in sent)
 
 

@@ -82,8 +82,15 @@ def test_scaling_4_to_1_to_4_under_load_fails_no_request(topology_admin, control
     with Background(send, threads=4, limit=10_000) as load:
         wait_for(lambda: servers_since(load.results, 0) == everyone, timeout=60, what="all four serving")
 
+        scale_in = time.monotonic()
         topology_admin.apply({"app_servers": 1})  # returns once app-2..4 are drained and stopped
         settled = time.monotonic()
+        # A figure, not a check: when the last request a draining server took was sent, after the
+        # scale-in began (the markers go down at once; Caddy's health check runs each second).
+        last = max((started for started, r in list(load.results) if started >= scale_in and not isinstance(r, str)
+                    and r.headers.get("X-App-Server") != "app-1"), default=scale_in)
+        print(f"\nscale-in 4 -> 1: the drained servers took requests for {last - scale_in:.2f} s after it began; "
+              f"the change took {settled - scale_in:.2f} s")
         wait_for(lambda: sum(started >= settled for started, _ in list(load.results)) >= 40, timeout=60,
                  what="40 requests after the scale-in")
         assert servers_since(load.results, settled) == {"app-1"}

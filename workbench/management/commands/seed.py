@@ -23,12 +23,11 @@ from api.queries import INDEX_WORK_LOCK
 from api.routing import ids, placement, shards
 from api.routing.db import META
 from workbench import topology
+from workbench.loadgen.workload import SEED_WORDS as WORDS
 
 DAY_MS = 86_400_000
 CHUNK = 100_000
 PLACEMENT_CHECK = 2_000  # users whose vectorised placement is checked against placement.place
-WORDS = ("scaling cache replica shard latency queue token bucket primary failover index cursor "
-         "throughput budget region edge proxy snapshot stream backlog capacity").split()
 
 
 class Progress:
