@@ -141,9 +141,10 @@ class DataNodes:
         self.last_pools: dict = {}
         self.cache_cluster = cachecluster.CacheCluster(self)  # topology `cache_nodes`
         # Counts start with the stack: queries per node, every caching layer's, the gateway's.
+        from api import served
         from api.gateway import ratelimit, shedding
         self.state.delete(stats.KEY, cache_metrics.KEY, cache_metrics.L1_KEY, cache_metrics.QUERY_KEY,
-                          ratelimit.COUNTS_KEY, shedding.COUNTS_KEY)
+                          ratelimit.COUNTS_KEY, shedding.COUNTS_KEY, served.KEY)
 
     # --- connections and what runs ---------------------------------------------------------------
     def _sql(self, node: str, sql: str, params=(), autocommit=True):
