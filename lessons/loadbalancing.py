@@ -31,11 +31,13 @@ sharding lesson's consistent hashing uses a ring of virtual nodes instead: it an
 question (move few keys when the set changes) and keeps a lookup of O(log V) when the set is large;
 rendezvous costs O(N) per request, nothing for a handful of app servers.
 
-**Health checks.** Caddy probes every server slot's `/healthz` each second (active) and also marks a
-server down after a failed request (passive). A server that dies, or answers its check with 503,
-leaves the rotation within the interval; a request whose connection attempt fails is tried on
-another server. Nothing in Caddy is reloaded to add or remove a server: a reload closes idle
-keep-alive connections, and a request racing that close is lost.
+**Health checks.** Caddy probes every server slot's `/healthz` each second (active checks). A
+server that dies, or answers its check with 503, leaves the rotation within the interval; a request
+whose connection attempt is refused meanwhile is tried on another server. There are no passive
+checks (marking a server down after a failed request): in this Caddy a client's broken upload
+counts against the server it was bound for, so a few bad clients could empty the rotation. Nothing
+in Caddy is reloaded to add or remove a server: a reload closes idle keep-alive connections, and a
+request racing that close is lost.
 
 **Stateless servers.** No session lives in an app server: the token carries the identity, the
 cursor carries the position, and shared state sits in PostgreSQL and Valkey. So a server can be

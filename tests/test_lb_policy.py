@@ -54,6 +54,23 @@ def test_round_robin_spreads_requests_over_every_app_server(lb, http, stack, sta
     assert set(seen) == {f"app-{i}" for i in range(1, stack_config.app_servers + 1)}, seen
 
 
+def test_each_app_server_counts_the_requests_it_answered(lb, http, stack, stack_config, controller):
+    """The controller's `served` counts (api/served.py, for the dashboard) grow by what each server
+    answered, as X-App-Server said; health probes are not counted. Workers flush their counts at
+    most every 0.5 s, on their next request (Caddy's probes bring one each second)."""
+    lb("round_robin")
+    before = controller.status()["served"]
+    seen = servers(http, stack["api_url"] + "/api/v1/users?limit=1", 40)
+
+    def grown():
+        now = controller.status()["served"]
+        return all(now.get(name, 0) - before.get(name, 0) >= count for name, count in seen.items())
+    wait_for(grown, timeout=30, what="the served counts to include the 40 requests")
+    now = controller.status()["served"]
+    # Other requests may land meanwhile (the dashboard's, none in the test stack), never fewer.
+    assert sum(now.values()) - sum(before.values()) < 40 + 10, (before, now, seen)
+
+
 def test_least_conn_avoids_the_server_with_a_request_in_flight(lb, http, stack, stack_config):
     lb("least_conn")
     url = stack["api_url"] + "/healthz"
