@@ -14,7 +14,8 @@ def _count(value) -> str:
 
 
 class Command(BaseCommand):
-    help = "Show each process of the stack: role, pid, port, health, uptime, RSS; then the data nodes."
+    help = ("Show each process of the stack: role, pid, port, health, uptime, RSS; then the app servers as the "
+            "load balancer sees them, and the data nodes.")
     requires_system_checks = []
 
     def add_arguments(self, parser):
@@ -35,9 +36,26 @@ class Command(BaseCommand):
             health = "healthy" if p["healthy"] else "DOWN"
             self.stdout.write(f"{p['role']:<11}{p['name']:<20}{p['pid'] or '-':>8}{p['port'] or '-':>7}  {health:<9}"
                               f"{p['uptime_s']:>8.0f}s{_mib(p['rss_bytes']):>10}{p['restarts']:>10}")
+        self._app_servers(state)
         report = state.get("data_nodes")
         if report:
             self._data_nodes(report)
+
+    def _app_servers(self, state: dict) -> None:
+        """What Caddy sees of each app server: requests in flight now and failures (its upstream
+        stats), health (its own check), and what each server answered since the start."""
+        upstreams = state.get("upstreams") or []
+        if not upstreams:
+            return
+        running = (state.get("data_nodes") or {}).get("running") or {}
+        self.stdout.write("")
+        self.stdout.write(f"load balancer: {running.get('lb_policy') or '-'}   https: {state.get('https_url') or '-'}")
+        self.stdout.write(f"{'APP SERVER':<20}{'IN ROTATION':<13}{'IN FLIGHT':>10}{'FAILS':>7}{'ANSWERED':>11}")
+        served = state.get("served") or {}
+        for row in upstreams:
+            rotation = {True: "yes", False: "no"}.get(row.get("healthy"), "-")
+            self.stdout.write(f"{row['app_server']:<20}{rotation:<13}{row['in_flight']:>10}{row['fails']:>7}"
+                              f"{served.get(row['app_server'], 0):>11,}")
 
     def _data_nodes(self, report: dict) -> None:
         """The nodes of each shard together, primary first; with more than one shard, a line per
