@@ -6,6 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from lessons.widgets import metrics
+
 LESSON = """
 **Caching** keeps answers close to the reader, in layers:
 - **L1**, a small LRU inside each app server: no network at all, but each server has its own copy,
@@ -42,11 +44,8 @@ def render(data: dict) -> None:
         st.warning(f"The admin cache API did not answer: {data['error']}")
         return
     cache = data["cache"]
-    cols = st.columns(4)
-    cols[0].metric("Application cache", cache["mode"])
-    cols[1].metric("Invalidation", cache.get("invalidation", "events"))
-    cols[2].metric("L1", "on" if cache.get("l1") else "off")
-    cols[3].metric("Query cache", "on" if cache.get("query_cache") else "off")
+    metrics({"Application cache": cache["mode"], "Invalidation": cache.get("invalidation", "events"),
+             "L1": "on" if cache.get("l1") else "off", "Query cache": "on" if cache.get("query_cache") else "off"})
     with st.expander("What the layers are"):
         st.markdown(LESSON)
     st.table(pd.DataFrame(_counter_rows(data["layers"])).set_index("layer"))
@@ -115,11 +114,9 @@ def _write_behind(status: dict) -> None:
     if "error" in status:
         st.warning(f"Write-behind status unavailable: {status['error']}")
         return
-    cols = st.columns(4)
-    cols[0].metric("Queued, not yet flushed", f"{status['depth']:,}")
-    cols[1].metric("Oldest waiting (s)", f"{status['lag_s']:.3f}")
-    cols[2].metric("State Valkey fsync", status["state_fsync"])
-    cols[3].metric("Flusher", "paused" if status["paused"] else status.get("flusher", {}).get("state", "\u2014"))
+    metrics({"Queued, not yet flushed": f"{status['depth']:,}", "Oldest waiting (s)": f"{status['lag_s']:.3f}",
+             "State Valkey fsync": status["state_fsync"],
+             "Flusher": "paused" if status["paused"] else status.get("flusher", {}).get("state", "\u2014")})
     st.caption(f"Counted in the state Valkey: {status['queued']:,} queued, {status['flushed']:,} "
                f"flushed, {status['rejected']:,} rejected (their user or post was deleted first), "
                f"{status['fallback']:,} written synchronously because the state Valkey did not answer. With "

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from lessons.widgets import metrics
+
 # Controller events that tell the scaling story (workbench/stack/controller.py, autoscale.py).
 SCALING_EVENTS = ("autoscale", "scaled", "draining", "drained", "died", "restarted")
 
@@ -82,13 +84,11 @@ def render(state: dict, topo: dict, events: list[dict], events_table) -> None:
     st.subheader("Load balancing")
     running = ((state.get("data_nodes") or {}).get("running") or {})
     wanted = topo.get("topology", {}) if "error" not in topo else {}
-    cols = st.columns(4)
-    cols[0].metric("Policy (Caddy runs)", running.get("lb_policy") or "\u2014")
-    cols[1].metric("App servers running", running.get("app_servers", "\u2014"))
     autoscale = wanted.get("autoscale") or {}
-    cols[2].metric("Autoscaler", f"on, {autoscale.get('min')} to {autoscale.get('max')}"
-                   if autoscale.get("enabled") else "off")
-    cols[3].metric("HTTPS", "on" if state.get("https_url") else "\u2014")
+    metrics({"Policy (Caddy runs)": running.get("lb_policy") or "\u2014",
+             "App servers running": running.get("app_servers", "\u2014"),
+             "Autoscaler": f"on, {autoscale.get('min')} to {autoscale.get('max')}" if autoscale.get("enabled") else "off",
+             "HTTPS": "on" if state.get("https_url") else "\u2014"})
     rows = server_rows(state)
     if rows:
         st.table(pd.DataFrame(rows).set_index("app server"))

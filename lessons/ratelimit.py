@@ -7,6 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from lessons.widgets import metrics
+
 LESSON = """
 **A token bucket** per client (or user, or endpoint): the bucket holds up to *capacity* tokens and
 gains *refill* tokens a second; each request takes one, and a request that finds it empty gets
@@ -63,7 +65,7 @@ def render_shedding(data: dict | None) -> None:
         return
     st.subheader("Load shedding")
     counters = data["counters"]
-    _metrics({"Load shedding": "on" if data["enabled"] else "off", "Queue budget": f"{data['queue_budget_ms']:,} ms",
+    metrics({"Load shedding": "on" if data["enabled"] else "off", "Queue budget": f"{data['queue_budget_ms']:,} ms",
               "Admitted": f"{counters['admitted']:,}", "Shed (503)": f"{counters['shed']:,}"})
     st.caption(f"Counted over every app server since the stack started, while shedding was on. "
                f"{counters['no_stamp']:,} requests had no trusted {data['stamp_header']} stamp (sent straight to "
@@ -71,12 +73,6 @@ def render_shedding(data: dict | None) -> None:
                f"{data['retry_after_s']} s.")
     with st.expander("How load shedding works"):
         st.markdown(SHEDDING_LESSON)
-
-
-def _metrics(values: dict) -> None:
-    """One row of st.metric, label -> value."""
-    for col, (label, value) in zip(st.columns(len(values)), values.items()):
-        col.metric(label, value)
 
 
 def _rule_rows(rules: list[dict]) -> list[dict]:
@@ -93,7 +89,7 @@ def render(data: dict) -> None:
         st.info(f"The admin rate-limit API did not answer: {data['error']}")
         return
     counters = data["counters"]
-    _metrics({"Rate limiter": "on" if data["enabled"] else "off", "Valkey down": f"fail {data['on_error']}",
+    metrics({"Rate limiter": "on" if data["enabled"] else "off", "Valkey down": f"fail {data['on_error']}",
               "Allowed": f"{counters['allowed']:,}", "Limited (429)": f"{counters['limited']:,}"})
     st.caption(f"Counted over every app server since the stack started, while the limiter was on. With the "
                f"state Valkey unreachable: {counters['fail_open']:,} let through unchecked (fail-open), "

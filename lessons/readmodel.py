@@ -6,6 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from lessons.widgets import metrics
+
 LESSON = """
 **A read model** (CQRS) keeps a second, denormalized copy of the data shaped for one read: here a
 profile document per user (the user and their latest posts) in the `state` Valkey, which serves
@@ -32,13 +34,11 @@ def render(data: dict) -> None:
         return
     staleness = data["staleness_ms"]
     outbox = data["outbox"]
-    cols = st.columns(5)
-    cols[0].metric("Read model", "on" if data["read_model"] else "off")
-    cols[1].metric("Documents", f"{data['documents']:,}")
-    cols[2].metric("Outbox pending", f"{outbox['pending']:,}")
     oldest = outbox.get("oldest_pending_s")
-    cols[3].metric("Oldest pending", "\u2014" if oldest is None else f"{oldest:,.2f} s")
-    cols[4].metric("Staleness p95", _ms(staleness["p95"]))
+    metrics({"Read model": "on" if data["read_model"] else "off", "Documents": f"{data['documents']:,}",
+             "Outbox pending": f"{outbox['pending']:,}",
+             "Oldest pending": "\u2014" if oldest is None else f"{oldest:,.2f} s",
+             "Staleness p95": _ms(staleness["p95"])})
     relay = data.get("relay") or {}
     counters = data.get("counters") or {}
     st.caption(f"Staleness (commit to document update) over the latest {staleness['samples']:,} updates: "

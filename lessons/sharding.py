@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from lessons.widgets import metrics
+
 LESSON = """
 **Sharding** splits users (and, with each user, their posts) over several PostgreSQL primaries, so
 writes scale out: each point read or write touches one shard. Each strategy answers "which shard
@@ -34,10 +36,7 @@ def render(data: dict) -> None:
     if "error" in data:
         st.warning(f"The admin shards API did not answer: {data['error']}")
         return
-    cols = st.columns(3)
-    cols[0].metric("Strategy", data["sharding"])
-    cols[1].metric("Shards", data["shards"])
-    cols[2].metric("Shards running", data["shard_groups"])
+    metrics({"Strategy": data["sharding"], "Shards": data["shards"], "Shards running": data["shard_groups"]})
     rows = [{"shard": f"shard-{s['shard']}", "healthy": "yes" if s["healthy"] else "NO",
              "users": s["users"], "posts": s["posts"], "queries": s["queries"],
              "nodes": ", ".join(s["nodes"])} for s in data["per_shard"]]
