@@ -121,6 +121,18 @@ def test_seed_refuses_to_add_to_existing_users_and_skips_if_empty():
     assert "not seeding" in manage("seed", "--if-empty", "--users", "10", "--no-progress")
 
 
+def test_seed_refuses_accounts_left_without_users(stack_config):
+    """A seed that died midway can leave accounts in meta and no users anywhere: seeding over them
+    would rebuild meta's unique indexes over duplicate usernames. Refused; --replace starts over."""
+    with psycopg.connect(stack_config.shard_url(1), autocommit=True, connect_timeout=5) as conn:
+        conn.execute("TRUNCATE api_post, api_user")
+    result = subprocess.run([sys.executable, str(ROOT / "manage.py"), "seed", "--users", "10", "--no-progress"],
+                            capture_output=True, text=True, timeout=120, env=os.environ)
+    assert result.returncode != 0 and "--replace" in result.stderr, result.stdout + result.stderr
+    assert "not seeding" in manage("seed", "--if-empty", "--users", "10", "--no-progress")
+    seed()  # --replace: consistent again for the tests after this one
+
+
 def test_seed_after_reshard_to_3_consistent_places_every_user_on_its_shard(stack_config):
     manage("reshard", "--to", "3", "--strategy", "consistent")
     assert _placement() == ("consistent", 3)

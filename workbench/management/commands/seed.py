@@ -182,7 +182,9 @@ def _has_accounts() -> bool:
 def data_exists(count: int) -> bool:
     """Whether any shard holds users. Shard 1 is asked first (the one-shard answer, as before).
     A shard whose primary does not answer (the controller starts shards 2..N after the seed at
-    bring-up) counts as holding users exactly when meta holds accounts: every user has one."""
+    bring-up) counts as holding users exactly when meta holds accounts: every user has one.
+    Accounts with no users anywhere (a seed or a reshard that died midway) count too: seeding over
+    them would rebuild meta's unique indexes over duplicate usernames, and fail or lose them."""
     if _has_users(shards.primary_alias(1)):
         return True
     for k in range(2, count + 1):
@@ -191,7 +193,7 @@ def data_exists(count: int) -> bool:
                 return True
         except OperationalError:
             return _has_accounts()
-    return False
+    return _has_accounts()
 
 
 class Command(BaseCommand):
