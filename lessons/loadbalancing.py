@@ -86,7 +86,7 @@ def render(state: dict, topo: dict, events: list[dict], events_table) -> None:
     wanted = topo.get("topology", {}) if "error" not in topo else {}
     autoscale = wanted.get("autoscale") or {}
     metrics({"Policy (Caddy runs)": running.get("lb_policy") or "\u2014",
-             "App servers running": running.get("app_servers", "\u2014"),
+             "App servers": running.get("app_servers", "\u2014"),
              "Autoscaler": f"on, {autoscale.get('min')} to {autoscale.get('max')}" if autoscale.get("enabled") else "off",
              "HTTPS": "on" if state.get("https_url") else "\u2014"})
     rows = server_rows(state)

@@ -18,7 +18,7 @@ from conftest import free_port_base
 
 APP = Path(__file__).resolve().parents[1] / "lessons" / "app.py"
 METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "Answered by",
-           "Policy (Caddy runs)", "App servers running", "Autoscaler", "HTTPS",
+           "Policy (Caddy runs)", "App servers", "Autoscaler", "HTTPS",
            "Replicas running", "Replication", "Strategy", "Shards", "Shards running",
            "Application cache", "Invalidation", "L1", "Query cache",
            "Queued, not yet flushed", "Oldest waiting (s)", "State Valkey fsync", "Flusher",
@@ -109,7 +109,7 @@ def test_status_page_shows_the_live_stacks_data_nodes(stack, controller):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Replicas running"] == str(report["running"]["replicas"])
     assert metrics["Replication"] == report["running"]["replication"]
-    shown = at.table[1].value  # processes, data nodes, then (no pending changes) readiness
+    shown = table_of(at, "node")
     assert list(shown.columns) == ["health", "replication", "sync", "port", "apply delay (ms)", LAG,
                                    "lag (WAL bytes)", "connections", "queries"]
     assert shown.loc["primary", "health"] == "healthy"
@@ -244,6 +244,14 @@ def test_status_page_shows_the_rate_limiter(fake_stack):
     assert any("2 refused with 503 (fail-closed)" in c.value and "127.0.0.1/32" in c.value for c in at.caption)
 
 
+def table_of(at, index: str):
+    """The page's first table whose rows are indexed by `index` (node, field, ...): sections come
+    and go, so a position would not do (the cache section's node table comes after the data nodes')."""
+    tables = [t.value for t in at.table if t.value.index.name == index]
+    assert tables, [t.value.index.name for t in at.table]
+    return tables[0]
+
+
 def test_status_page_shows_replicas_and_pending_changes(fake_stack):
     at = run_page()
     assert not at.exception, [e.value for e in at.exception]
@@ -251,7 +259,7 @@ def test_status_page_shows_replicas_and_pending_changes(fake_stack):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Replicas running"] == "2" and metrics["Replication"] == "remote_apply"
 
-    nodes = at.table[1].value
+    nodes = table_of(at, "node")
     assert list(nodes.index) == ["primary", "replica-1", "replica-2", "replica-3", "replica-4", "meta"]
     assert nodes.loc["replica-1"].to_dict() == {
         "health": "healthy", "replication": "streaming", "sync": "quorum", "port": "41502",
@@ -259,7 +267,7 @@ def test_status_page_shows_replicas_and_pending_changes(fake_stack):
     assert nodes.loc["replica-3", "health"] == "DOWN" and nodes.loc["replica-3", LAG] == DASH
     assert nodes.loc["primary", LAG] == DASH  # the primary is the source: no replay lag
 
-    pending = at.table[2].value
+    pending = table_of(at, "field")
     assert pending.to_dict("index") == {"replicas": {"wanted": "3", "running": "2"},
                                         "replica_delays_ms": {"wanted": '{"replica-1": 0}', "running": DASH}}
     captions = " ".join(c.value for c in at.caption)

@@ -75,26 +75,25 @@ class Refused(Exception):
 def tokens_for(user_id: int, role: str, *, lifetime: timedelta | None = None, scope: str | None = None) -> dict:
     """An access and a refresh token for this account. Ids travel as strings (64-bit ids do not
     survive a JavaScript number)."""
-    refresh = RefreshToken()
-    refresh["user_id"], refresh["role"] = str(user_id), role
-    access = refresh.access_token
-    if lifetime is not None:
-        access.set_exp(lifetime=lifetime)
-    if scope is not None:
-        access["scope"] = scope
+    refresh = _claims(RefreshToken(), user_id, role)
+    access = _claims(refresh.access_token, user_id, role, lifetime=lifetime, scope=scope)
     return {"access": str(access), "refresh": str(refresh), "token_type": "Bearer",
             "expires_in": int(access["exp"] - access["iat"])}
 
 
 def access_token(user_id: int, role: str, *, lifetime: timedelta | None = None, scope: str | None = None) -> str:
     """Only an access token: mint-tokens, the operator's tools and OAuth (with its `scope`)."""
-    access = AccessToken()
-    access["user_id"], access["role"] = str(user_id), role
+    return str(_claims(AccessToken(), user_id, role, lifetime=lifetime, scope=scope))
+
+
+def _claims(token, user_id: int, role: str, *, lifetime: timedelta | None = None, scope: str | None = None):
+    """The claims every token of ours carries (and an access token's own lifetime and scope)."""
+    token["user_id"], token["role"] = str(user_id), role
     if lifetime is not None:
-        access.set_exp(lifetime=lifetime)
+        token.set_exp(lifetime=lifetime)
     if scope is not None:
-        access["scope"] = scope
-    return str(access)
+        token["scope"] = scope
+    return token
 
 
 def refreshed(raw: str, role_of) -> dict:

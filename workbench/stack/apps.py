@@ -83,6 +83,11 @@ class AppTier:
             return {k: proc for k in range(1, MAX_APP_SERVERS + 1)
                     if (proc := self.ctl.procs.get(f"app-{k}")) and not proc.retired}
 
+    def managed(self) -> list[int]:
+        """Indexes of the app servers the controller keeps running: what it has carried out of
+        `app_servers` (one that died and awaits its restart still counts: a fault, not a change)."""
+        return sorted(self._supervised())
+
     def running(self) -> list[int]:
         """Indexes of the app servers whose process is alive now (a killed one is not, until the
         supervisor has restarted it)."""

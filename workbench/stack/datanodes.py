@@ -254,7 +254,7 @@ class DataNodes:
                 "replica_delays_ms": {name: self._apply_delay(name) for names in replicas.values() for name in names},
                 "indexes.post_user_time": _agreed({g.primary: self._index_state(g)[0] for g in groups}),
                 "pgbouncer": self._pgbouncer_running(),
-                "app_servers": len(self.ctl.apps.running()) if self.ctl.apps else 0,
+                "app_servers": len(self.ctl.apps.managed()) if self.ctl.apps else 0,
                 "cache.state_fsync": self._state_fsync(), "cache_nodes": self.cache_cluster.running(),
                 "lb_policy": caddy.running_policy(self.cfg)}
 
