@@ -16,7 +16,7 @@ import uuid
 
 from django.conf import settings
 
-from api import avatars, counters, faults, served, timing
+from api import avatars, counters, faults, metrics, served, timing
 from api.caching import reads as cache_reads
 from api.caching import request as cache_request
 from api.caching import writes as cache_writes
@@ -34,6 +34,8 @@ AVATAR_PUT = re.compile(r"^/api/v[12]/users/[^/]+/avatar$")
 # A refused body up to this size is read and dropped so the connection stays usable; a larger one
 # is not worth reading (the edge's body cap belongs in Caddy, with the load-balancer issue).
 DRAIN_BYTES = 4 * 1024 * 1024
+# Caddy's health probes and the scrapes themselves are not traffic to measure.
+UNMEASURED = frozenset({"/healthz", "/metrics"})
 
 
 class GatewayMiddleware:
@@ -80,7 +82,10 @@ class GatewayMiddleware:
         response["X-Request-Id"] = request.request_id
         response["X-App-Server"] = settings.APP_SERVER_NAME
         # The worker's local copy: at most one small version check a second, never a read per request.
-        response["X-Topology-Version"] = str(topology.current().version)
+        version = topology.current().version
+        response["X-Topology-Version"] = str(version)
+        if request.path not in UNMEASURED:  # Prometheus (api/metrics.py): memory writes, no I/O
+            metrics.observe(request, response.status_code, time.perf_counter() - started, version)
         timing.add("gateway", time.perf_counter() - finishing)
         spent = timing.end(timing_token)
         response["Server-Timing"] = cache_request.headers(

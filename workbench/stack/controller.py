@@ -313,6 +313,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, ctl.status())
         if self.path == "/events":
             return self._send(200, {"events": list(ctl.events)})
+        if self.path == "/metrics":  # the whole stack in the Prometheus text format (metrics.py)
+            from . import metrics
+            payload = metrics.collect(ctl)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return None
         if self.path == "/runs":
             from workbench.loadgen import runs
             return self._send(200, {"current": ctl.run, "runs": runs.list_results(ctl.cfg)})
