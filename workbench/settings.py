@@ -251,6 +251,12 @@ SPECTACULAR_SETTINGS = {
                              "api.views.v2.document_v1_lifecycle"],
 }
 
+# One structlog JSON line per request (api/logs.py), a file per app server under the data dir's logs/
+# (not gunicorn's stdout, app-k.log, which keeps start-up and errors). "" turns it off; processes
+# that are no app server (tests in-process, management commands) write none unless told to.
+REQUEST_LOG_FILE = env.str("WORKBENCH_REQUEST_LOG", default=(
+    str(STACK.log_dir / f"{APP_SERVER_NAME}.requests.jsonl") if env.str("WORKBENCH_APP_SERVER", default="") else ""))
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

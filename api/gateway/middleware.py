@@ -16,7 +16,7 @@ import uuid
 
 from django.conf import settings
 
-from api import avatars, counters, faults, metrics, served, timing
+from api import avatars, counters, faults, logs, metrics, served, timing
 from api.caching import reads as cache_reads
 from api.caching import request as cache_request
 from api.caching import writes as cache_writes
@@ -90,6 +90,7 @@ class GatewayMiddleware:
         spent = timing.end(timing_token)
         response["Server-Timing"] = cache_request.headers(
             response, cache, f"app;dur={(time.perf_counter() - started) * 1000:.2f}") + timing.header_parts(spent)
+        logs.request_done(request, response, started)  # the request's JSON log line (api/logs.py)
         return response
 
     @staticmethod

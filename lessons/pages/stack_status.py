@@ -16,11 +16,14 @@ def _process_table(procs: list[dict]):
     table = pd.DataFrame([{
         "name": p["name"], "role": p["role"], "health": "healthy" if p["healthy"] else "DOWN",
         "pid": p["pid"] or None, "port": p["port"] or None, "uptime (s)": round(p["uptime_s"]),
-        "RSS (MiB)": p["rss_bytes"] / 2**20, "restarts": p["restarts"],
+        # 100% = one core busy, since the previous status call, children included (a gunicorn
+        # master with its workers); None (a dash) when not running.
+        "CPU (%)": p.get("cpu_percent"), "RSS (MiB)": p["rss_bytes"] / 2**20, "restarts": p["restarts"],
     } for p in procs]).set_index("name")
     # A process without a port (port 0: a worker) or without a pid (not running) shows a dash.
-    table = table.astype({"pid": "Int64", "port": "Int64"})
-    return (table.style.format({"RSS (MiB)": "{:.1f}"}).format(subset=["pid", "port"], na_rep="\u2014")
+    table = table.astype({"pid": "Int64", "port": "Int64", "CPU (%)": "Float64"})
+    return (table.style.format({"RSS (MiB)": "{:.1f}", "CPU (%)": "{:.1f}"}, na_rep="\u2014")
+            .format(subset=["pid", "port"], na_rep="\u2014")
             .map(lambda v: "color: #d62728; font-weight: bold" if v == "DOWN" else "", subset=["health"]))
 
 

@@ -55,8 +55,8 @@ def app_server(cfg: StackConfig, index: int) -> ProcessSpec:
             "--workers", str(cfg.app_workers), "--threads", str(cfg.app_threads),
             # Keep-alive so Caddy reuses connections; graceful drain on SIGTERM.
             "--keep-alive", "30", "--graceful-timeout", "10", "--timeout", "60",
-            "--name", f"workbench-{name}", "--access-logfile", "-", "--access-logformat",
-            '%(h)s "%(r)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s']
+            # No gunicorn access line: api/logs.py writes a JSON line per request with more in it.
+            "--name", f"workbench-{name}"]
     return ProcessSpec(
         name=name, role="app", port=port, log_file=cfg.log_dir / f"{name}.log", argv=argv,
         cwd=PROJECT_DIR, env={**stack_env(cfg), "WORKBENCH_APP_SERVER": name},

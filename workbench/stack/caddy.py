@@ -228,11 +228,38 @@ PROBLEM_413 = {"type": "https://workbench.local/problems/body-too-large", "title
                "field": "(body)"}
 
 
+ACCESS_LOGGER = "http.log.access"
+# The ids the app keeps as given (api/gateway/middleware.py REQUEST_ID); any other is replaced.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+
+
+def access_log(cfg: StackConfig):
+    return cfg.log_dir / "caddy-access.log"
+
+
+def request_id_routes() -> list[dict]:
+    """Every request carries an X-Request-Id from the edge on: the client's own if the app would keep
+    it, else Caddy's per-request uuid. The app answers with the same id, and Caddy's access line
+    records it as `request_id`, so `manage.py logs --request-id` joins Caddy's line to the app's."""
+    return [
+        {"match": [{"not": [{"header_regexp": {"X-Request-Id": {"pattern": REQUEST_ID_PATTERN}}}]}],
+         "handle": [{"handler": "headers", "request": {"set": {"X-Request-Id": ["{http.request.uuid}"]}}}]},
+        {"handle": [{"handler": "log_append", "key": "request_id", "value": "{http.request.header.X-Request-Id}"}]},
+    ]
+
+
 def config(cfg: StackConfig, header: str | None = None) -> dict:
     header = header or configured_header(cfg)
     return {
         "admin": {"listen": f"127.0.0.1:{cfg.caddy_admin_port}"},
-        "logging": {"logs": {"default": {"level": "WARN"}}},
+        "logging": {"logs": {
+            # Caddy's own messages: warnings and errors, to its stdout (logs/caddy.log).
+            "default": {"level": "WARN", "exclude": [ACCESS_LOGGER]},
+            # One JSON line per request (the server's "logs" below turns them on), for `manage.py logs`.
+            "access": {"level": "INFO", "include": [ACCESS_LOGGER], "encoder": {"format": "json"},
+                       "writer": {"output": "file", "filename": str(access_log(cfg)), "roll_size_mb": 100,
+                                  "roll_keep": 2}},
+        }},
         "apps": {
             "http": {
                 # One server on both ports: Caddy puts TLS on every listener except http_port's, so
@@ -252,7 +279,9 @@ def config(cfg: StackConfig, header: str | None = None) -> dict:
                     # no handler runs).
                     "read_header_timeout": "10s", "read_timeout": "30s", "write_timeout": "120s",
                     "idle_timeout": "2m", "max_header_bytes": HEADER_CAP,
+                    "logs": {},  # access logs, to the "access" log above
                     "routes": [
+                        *request_id_routes(),
                         {"match": [{"path": ["/static/*"]}], "handle": [static_edge()]},
                         {"match": [{"path": ["/media/*"]}], "handle": [media_edge(cfg)]},
                         # Metrics are for the controller, straight from each app server, never via the edge.

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psutil
 
 from . import apps, autoscale, caddy, config, datanodes, postgres, valkey
-from .process import ProcessSpec, Supervised, stop_tree
+from .process import CpuMeter, ProcessSpec, Supervised, stop_tree
 from api import served  # noqa: E402 - plain module: counters in the state Valkey, no Django needed
 
 HEALTH_INTERVAL = 1.0
@@ -49,6 +49,7 @@ class Controller:
         self.run: dict | None = None          # the measurement run in progress (one at a time)
         self.run_proc: subprocess.Popen | None = None
         self.data_nodes: datanodes.DataNodes | None = None
+        self.cpu = CpuMeter()  # CPU percent between status calls (process.py)
         self.apps: apps.AppTier | None = None  # set when bring-up reaches the app tier; scaling waits till then
 
     # --- events -------------------------------------------------------------------------------
@@ -264,6 +265,11 @@ class Controller:
                          "port": proc.spec.port, "healthy": running and proc.healthy,
                          "uptime_s": round(time.time() - proc.started_at, 1) if running else 0,
                          "rss_bytes": proc.rss_bytes() if running else 0, "restarts": proc.restarts})
+        # The controller alone (its tree holds every supervised process); the others with their
+        # children, so a gunicorn master counts its workers and the postmaster its backends.
+        cpu = self.cpu.percents({row["name"]: (row["pid"], row["role"] != "controller") for row in rows})
+        for row in rows:
+            row["cpu_percent"] = cpu.get(row["name"], 0.0) if row["pid"] else None
         return {
             "phase": self.phase, "error": self.error,
             "api_url": cfg.api_url, "https_url": cfg.https_url,  # TLS: verify with cfg.caddy_root_ca

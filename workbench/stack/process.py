@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,64 @@ class Supervised:
     def rss_bytes(self) -> int:
         """RSS of the process and all its children (a gunicorn master plus its workers, say)."""
         return tree_rss(self.pid) if self.pid else 0
+
+
+def tree_cpu_seconds(pid: int, children: bool = True) -> float | None:
+    """User plus system CPU seconds of the process and (by default) its live descendants; None if
+    it is gone. A worker that exited takes its seconds with it: CpuMeter clamps such drops to 0."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)] if children else [root]
+    except psutil.Error:
+        return None
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+class CpuMeter:
+    """CPU percent of process trees (100 = one core busy) over the time since the previous sample,
+    that is since the previous status call. The first call for a tree has no previous sample, so it
+    takes a short one (SAMPLE_S, once for all trees). Calls closer together than MIN_INTERVAL_S
+    (two clients polling at once) reuse the last figure rather than divide by a few milliseconds."""
+
+    SAMPLE_S = 0.2
+    MIN_INTERVAL_S = 0.5
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.last: dict[tuple, tuple[float, float, float]] = {}  # (pid, children) -> (t, cpu s, percent)
+
+    def percents(self, trees: dict[str, tuple[int, bool]]) -> dict[str, float]:
+        """{name: (pid, with children)} -> {name: percent}; a tree that is gone is left out."""
+        with self.lock:
+            keys = {name: tree for name, tree in trees.items() if tree[0]}
+            fresh = set()
+            for tree in keys.values():
+                if tree not in self.last and (seconds := tree_cpu_seconds(*tree)) is not None:
+                    self.last[tree] = (time.monotonic(), seconds, 0.0)
+                    fresh.add(tree)
+            if fresh:
+                time.sleep(self.SAMPLE_S)
+            out = {}
+            for name, tree in keys.items():
+                seconds, now = tree_cpu_seconds(*tree), time.monotonic()
+                if seconds is None or tree not in self.last:
+                    continue
+                then, before, percent = self.last[tree]
+                if tree in fresh or now - then >= self.MIN_INTERVAL_S:
+                    percent = max(0.0, seconds - before) / max(now - then, 1e-3) * 100
+                    self.last[tree] = (now, seconds, percent)
+                out[name] = round(percent, 1)
+            # Forget trees no longer asked about (a restarted server has a new pid).
+            for tree in set(self.last) - set(keys.values()):
+                del self.last[tree]
+            return out
 
 
 def tree_rss(pid: int) -> int:

@@ -9,13 +9,18 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
+def _cpu(value) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
 def _count(value) -> str:
     return "-" if value is None else f"{value:,}"
 
 
 class Command(BaseCommand):
-    help = ("Show each process of the stack: role, pid, port, health, uptime, RSS; then the app servers as the "
-            "load balancer sees them, and the data nodes.")
+    help = ("Show each process of the stack: role, pid, port, health, uptime, CPU (100% = one core, since the "
+            "previous status call, children included) and RSS; then the app servers as the load balancer sees "
+            "them, and the data nodes.")
     requires_system_checks = []
 
     def add_arguments(self, parser):
@@ -30,12 +35,13 @@ class Command(BaseCommand):
             self.stdout.write("The workbench is not running. Start it with: python manage.py up")
             return
         self.stdout.write(f"phase: {state['phase']}   api: {state['api_url']}   dashboard: {state['dashboard_url']}")
-        self.stdout.write(f"{'ROLE':<11}{'NAME':<20}{'PID':>8}{'PORT':>7}  {'HEALTH':<9}{'UPTIME':>9}{'RSS':>10}"
-                          f"{'RESTARTS':>10}")
+        self.stdout.write(f"{'ROLE':<11}{'NAME':<20}{'PID':>8}{'PORT':>7}  {'HEALTH':<9}{'UPTIME':>9}{'CPU':>8}"
+                          f"{'RSS':>10}{'RESTARTS':>10}")
         for p in state["processes"]:
             health = "healthy" if p["healthy"] else "DOWN"
             self.stdout.write(f"{p['role']:<11}{p['name']:<20}{p['pid'] or '-':>8}{p['port'] or '-':>7}  {health:<9}"
-                              f"{p['uptime_s']:>8.0f}s{_mib(p['rss_bytes']):>10}{p['restarts']:>10}")
+                              f"{p['uptime_s']:>8.0f}s{_cpu(p.get('cpu_percent')):>8}{_mib(p['rss_bytes']):>10}"
+                              f"{p['restarts']:>10}")
         self._app_servers(state)
         report = state.get("data_nodes")
         if report:
