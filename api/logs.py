@@ -15,6 +15,7 @@ and the write is one append to a line-buffered file (each worker opens its own a
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ import time
 import structlog
 from django.conf import settings
 
+ROTATE_BYTES = 100 * 2**20  # as Caddy's access log (workbench/stack/caddy.py)
 _lock = threading.Lock()
 _logger = None
 _pid = None
@@ -38,6 +40,7 @@ def _get():
             logger = None
             if path:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
+                _rotate(path)
                 # Line-buffered append: one write(2) per line, and O_APPEND keeps the workers' lines whole.
                 out = open(path, "a", buffering=1, encoding="utf-8")
                 logger = structlog.wrap_logger(
@@ -47,6 +50,25 @@ def _get():
                 )
             _logger, _pid = logger, os.getpid()
     return _logger
+
+
+def _rotate(path: str) -> None:
+    """Keep the file bounded: a worker starting on a file over ROTATE_BYTES moves it to `<path>.1`
+    (replacing the previous one) under a lock, so two workers starting together rotate once. A
+    worker still writing to the moved file carries on there until it restarts; `manage.py logs`
+    reads both files."""
+    try:
+        if os.path.getsize(path) < ROTATE_BYTES:
+            return
+    except OSError:
+        return
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.path.getsize(path) >= ROTATE_BYTES:
+                os.replace(path, path + ".1")
+        except OSError:
+            pass
 
 
 def client_address(request) -> str:

@@ -1,7 +1,8 @@
 """`manage.py logs --request-id X`: one request's path across Caddy and the app servers, in time order.
 
 It reads the log files under the data dir's logs/: Caddy's JSON access log (caddy-access.log, and
-the files Caddy rolled from it) and each app server's request log (app-k.requests.jsonl, api/logs.py).
+the files Caddy rolled from it) and each app server's request log (app-k.requests.jsonl and the
+.1 it rotated to, api/logs.py).
 Caddy's line carries the id as `request_id` (set by its log_append handler, workbench/stack/caddy.py)
 and in the response's X-Request-Id; the app server's line as `request_id`. Each hop is shown at
 the time it began (its line's `ts`, written when it finished, less its latency).
@@ -24,7 +25,9 @@ CADDY_HEADERS = {"X-App-Server": "app_server", "X-Cache": "cache", "X-Db-Node": 
 
 
 def log_files(log_dir: Path) -> list[Path]:
-    return sorted(log_dir.glob("caddy-access*.log")) + sorted(log_dir.glob("*.requests.jsonl"))
+    """Caddy's access log with the files it rolled, each app server's request log with its `.1`."""
+    return (sorted(log_dir.glob("caddy-access*.log")) + sorted(log_dir.glob("*.requests.jsonl"))
+            + sorted(log_dir.glob("*.requests.jsonl.1")))
 
 
 def _caddy_hop(line: dict, rid: str) -> dict | None:
