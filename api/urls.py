@@ -21,4 +21,8 @@ urlpatterns = [
     path("admin/cache", admin.CacheView.as_view()),
     path("admin/readmodel", admin.ReadModelView.as_view()),
     path("admin/ratelimit", ratelimit.RateLimitView.as_view()),
+    path("admin/errors", admin.ErrorsView.as_view()),
+    path("admin/errors/<str:fingerprint>", admin.ErrorDetailView.as_view()),
+    path("admin/profiles", admin.ProfilesView.as_view()),
+    path("admin/profiles/<str:profile_id>", admin.ProfileDetailView.as_view()),
 ]

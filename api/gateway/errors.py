@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import redis
 from django.core.exceptions import PermissionDenied
@@ -9,6 +10,8 @@ from django.db import DatabaseError, IntegrityError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+
+from api import errors as tracking
 
 from .problems import PROBLEM_CONTENT_TYPE, field_error, problem, problem_response
 
@@ -157,6 +160,7 @@ def bad_request(request, exception=None):
 
 
 def server_error(request):
+    tracking.record(request, sys.exc_info()[1])  # api/errors.py: grouped by fingerprint for the admins
     return problem_response(problem(500, "Internal Server Error",
                                     "An unexpected error occurred; it has been logged with this request id."),
                             getattr(request, "request_id", None))

@@ -16,7 +16,7 @@ import uuid
 
 from django.conf import settings
 
-from api import avatars, counters, faults, logs, metrics, served, timing
+from api import avatars, counters, faults, logs, metrics, profiling, served, timing
 from api.caching import reads as cache_reads
 from api.caching import request as cache_request
 from api.caching import writes as cache_writes
@@ -63,7 +63,7 @@ class GatewayMiddleware:
             timing.add("gateway", time.perf_counter() - started)
             if refused is None:
                 faults.point("handler")  # tests: a slow request (X-Workbench-Pause: handler:<s>)
-            response = refused or self.get_response(request)
+            response = refused or profiling.run(request, self.get_response)  # an admin's X-Workbench-Profile
             cache_writes.retry_pending()  # invalidations that failed while the cache was down
         finally:
             finishing = time.perf_counter()
@@ -92,6 +92,9 @@ class GatewayMiddleware:
             response, cache, f"app;dur={(time.perf_counter() - started) * 1000:.2f}") + timing.header_parts(spent)
         logs.request_done(request, response, started)  # the request's JSON log line (api/logs.py)
         return response
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        faults.raise_if_asked()  # tests: an unhandled exception where the view would run (X-Workbench-Fault)
 
     @staticmethod
     def _db_headers(response, routing) -> None:

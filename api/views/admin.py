@@ -1,5 +1,6 @@
 """Admin endpoints. Until the gateway has accounts and roles, "admin" means a request bearing the
 stack controller's token (the one in the data directory)."""
+import re
 from datetime import datetime, timezone
 
 import redis
@@ -9,8 +10,8 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from api import queries
-from api.gateway.errors import Conflict, FieldError, Unavailable
+from api import errors, profiling, queries
+from api.gateway.errors import Conflict, FieldError, NotFound, Unavailable
 from api.gateway.rbac import Forbidden
 from api.pagination import MAX_LIMIT, parse_limit, time_range
 from api.routing.ids import MAX_ID
@@ -227,3 +228,76 @@ def _user_id(raw: str | None) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_ID:
         raise FieldError("user_id", "Must be a user id: an integer from 0 to 2^63-1.")
     return int(raw)
+
+
+class ErrorsView(AdminView):
+    """Error tracking (api/errors.py): the groups of unhandled exceptions, newest first, each with
+    its count, first and last seen, and the last request id; DELETE clears them."""
+    PARAMS = ("limit",)
+
+    @extend_schema(operation_id="admin_errors_list", responses=OpenApiTypes.OBJECT, parameters=[
+        OpenApiParameter("limit", int, description=f"How many groups, 1 to {errors.MAX_GROUPS} (default 50)."),
+    ])
+    def get(self, request):
+        for name in request.query_params:
+            if name not in self.PARAMS:
+                raise FieldError(name, "Unknown query parameter; this endpoint takes limit.")
+        raw = request.query_params.get("limit", "50")
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= errors.MAX_GROUPS:
+            raise FieldError("limit", f"Must be an integer from 1 to {errors.MAX_GROUPS}.")
+        total, groups = _state(lambda client: errors.groups(client, int(raw)))
+        return Response({"total_groups": total, "max_groups": errors.MAX_GROUPS, "groups": groups})
+
+    @extend_schema(operation_id="admin_errors_clear", responses=OpenApiTypes.OBJECT)
+    def delete(self, request):
+        return Response({"cleared_groups": _state(errors.clear)})
+
+
+class ErrorDetailView(AdminView):
+    """One group of unhandled exceptions, with the last stack trace and the innermost frames its
+    fingerprint was made of."""
+
+    @extend_schema(operation_id="admin_errors_get", responses=OpenApiTypes.OBJECT)
+    def get(self, request, fingerprint: str):
+        if not re.fullmatch(f"[0-9a-f]{{{errors.FINGERPRINT_CHARS}}}", fingerprint):
+            raise FieldError("fingerprint", f"A fingerprint is {errors.FINGERPRINT_CHARS} lowercase hex digits.",
+                             "path")
+        group = _state(lambda client: errors.group(client, fingerprint))
+        if group is None:
+            raise NotFound("fingerprint", "No error group with this fingerprint (or it was cleared).")
+        return Response(group)
+
+
+class ProfilesView(AdminView):
+    """On-demand profiles (api/profiling.py): the last ones stored, newest first, without their trees.
+    An admin's request with `X-Workbench-Profile: 1` makes one and names it in `X-Profile-Id`."""
+
+    @extend_schema(operation_id="admin_profiles_list", responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        for name in request.query_params:
+            raise FieldError(name, "Unknown query parameter; this endpoint takes none.")
+        return Response({"max_profiles": profiling.MAX_PROFILES, "profiles": _state(profiling.profiles)})
+
+
+class ProfileDetailView(AdminView):
+    """One profile: the request it ran, its hottest frames, and pyinstrument's call tree as text."""
+
+    @extend_schema(operation_id="admin_profiles_get", responses=OpenApiTypes.OBJECT)
+    def get(self, request, profile_id: str):
+        if not profiling.ID.match(profile_id):
+            raise FieldError("profile_id", "A profile id is 16 lowercase hex digits (the X-Profile-Id header).",
+                             "path")
+        found = _state(lambda client: profiling.profile(client, profile_id))
+        if found is None:
+            raise NotFound("profile_id", f"No stored profile with this id (the last {profiling.MAX_PROFILES} are kept).")
+        return Response(found)
+
+
+def _state(read):
+    """`read(client)` on the state Valkey; its failure is a 503."""
+    from api.state import state_client
+
+    try:
+        return read(state_client())
+    except redis.RedisError as exc:
+        raise Unavailable(f"The state Valkey is unavailable: {type(exc).__name__}.") from None

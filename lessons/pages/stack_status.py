@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from lessons import caching, data_nodes, loadbalancing, ratelimit, readmodel, sharding
+from lessons import caching, data_nodes, debugging, loadbalancing, ratelimit, readmodel, sharding
 from lessons.client import StackClient
 from workbench import parameters
 
@@ -139,6 +139,7 @@ def render():
     caching.render(client.cache())
     readmodel.render(client.readmodel())
     ratelimit.render(client.ratelimit())
+    debugging.render(client)  # errors grouped by fingerprint, on-demand profiles
 
     st.subheader("Entry points")
     st.markdown(f"- API (through Caddy): `{state['api_url']}`  \n"
