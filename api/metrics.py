@@ -47,6 +47,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from prometheus_client import REGISTRY  # noqa: E402
 
 from api import counters  # noqa: E402
+from workbench import topology  # noqa: E402
 from workbench.stack.config import bearer_matches  # noqa: E402
 
 # Up to the 10 s the load tests' timeouts allow; the fine end is where the cached reads sit.
@@ -68,6 +69,10 @@ RATELIMIT = Counter("workbench_ratelimit_decisions", "The rate limiter's decisio
                     "fail_open, fail_closed, limited_by:<rule>.", ["decision"])
 SHED = Counter("workbench_shed_decisions", "Load shedding: shed, admitted (while shedding is on), no_stamp.",
                ["decision"])
+# Queries: from a tenth of a millisecond (a cached plan on loopback) to the emulated cross-region trip.
+DB_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0)
+DB_SECONDS = Histogram("workbench_db_query_duration_seconds", "Time per database query by node (alias), "
+                       "the emulated round trip included: api/routing/backend/base.py.", ["node"], buckets=DB_BUCKETS)
 TOPOLOGY_VERSION = Gauge("workbench_topology_version", "The topology version the workers run (the most "
                          "recently reported by any worker).", multiprocess_mode="mostrecent")
 
@@ -102,8 +107,15 @@ def _mirrors() -> dict:
 _by_key: dict | None = None
 
 
+def enabled() -> bool:
+    """The topology's `observability.metrics`: off, nothing is recorded (the overhead benchmark's off arm)."""
+    return topology.current().topology.observability.metrics
+
+
 def _mirror(key: str, name: str, n: int) -> None:
     global _by_key
+    if not enabled():
+        return
     if _by_key is None:
         _by_key = _mirrors()
     add = _by_key.get(key)
@@ -128,6 +140,8 @@ def route_of(request) -> str:
 
 def observe(request, status: int, seconds: float, topology_version: int) -> None:
     """One request, from the gateway middleware: a few memory writes, no I/O."""
+    if not enabled():
+        return
     method = request.method if request.method in METHODS else "other"
     REQUEST_SECONDS.labels(route_of(request), method, str(status)).observe(seconds)
     global _version_set
@@ -137,6 +151,12 @@ def observe(request, status: int, seconds: float, topology_version: int) -> None
 
 
 _version_set = None
+
+
+def observe_db(node: str, seconds: float) -> None:
+    """One query's time on `node` (api/routing/backend/base.py)."""
+    if enabled():
+        DB_SECONDS.labels(node).observe(seconds)
 
 
 def registry() -> CollectorRegistry:

@@ -1,7 +1,7 @@
 from django.urls import path, register_converter
 
 from api.converters import Int64Converter
-from api.views import admin, auth, avatar, ratelimit, v1
+from api.views import admin, auth, avatar, ratelimit, traces, v1
 
 register_converter(Int64Converter, "id64")
 
@@ -20,6 +20,8 @@ urlpatterns = [
     path("admin/shards", admin.ShardsView.as_view()),
     path("admin/cache", admin.CacheView.as_view()),
     path("admin/readmodel", admin.ReadModelView.as_view()),
+    path("admin/traces", traces.TracesView.as_view()),
+    path("admin/traces/<str:trace_id>", traces.TraceDetailView.as_view()),
     path("admin/ratelimit", ratelimit.RateLimitView.as_view()),
     path("admin/errors", admin.ErrorsView.as_view()),
     path("admin/errors/<str:fingerprint>", admin.ErrorDetailView.as_view()),

@@ -20,3 +20,7 @@ def emulation() -> dict:
 
 def lag() -> dict:
     return load()["lag"]
+
+
+def tracing() -> dict:
+    return load()["tracing"]

@@ -239,6 +239,23 @@ class Auth:
     anonymous_reads: bool = _bool(True)
 
 
+_TRACING = parameters.tracing()
+
+
+@dataclass(frozen=True)
+class Observability:
+    """What the app servers record about each request (issue 11), switched off for the overhead
+    benchmark's "off" arm. `metrics`: the Prometheus series at /metrics (api/metrics.py); off, no
+    request, query or counter is recorded (the series keep their values). `trace_sample_rate`: the
+    share of requests traced (api/tracing.py), decided when a request arrives (head sampling);
+    0 traces only requests that ask (`X-Workbench-Trace: 1`, or a sampled `traceparent`). The
+    default is committed in workbench/parameters.toml with its reasons. `trace_store`: how many of
+    the latest traces the `state` Valkey keeps for GET /api/v1/admin/traces and the dashboard."""
+    metrics: bool = _bool(True)
+    trace_sample_rate: float = _number(_TRACING["sample_rate"], 0, 1)
+    trace_store: int = _int(_TRACING["store"], 1, 5000)
+
+
 @dataclass(frozen=True)
 class Topology:
     replicas: int = _int(0, 0, 4)
@@ -288,6 +305,8 @@ class Topology:
     auth: Auth = _group(Auth)
     # The autoscaler of app servers (off by default): it writes `app_servers` while on.
     autoscale: Autoscale = _group(Autoscale)
+    # Metrics on or off, the trace sampling rate and the trace store's size.
+    observability: Observability = _group(Observability)
 
     @property
     def shard_groups(self) -> int:

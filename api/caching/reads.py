@@ -32,6 +32,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from api import tracing
 from workbench import topology
 
 from . import keys, local, metrics, request, valkey
@@ -136,6 +137,7 @@ def posts_entry(user_id: int, query: str) -> Entry | None:
                  topology.current().topology.cache.posts_ttl_s, ticket)
 
 
+@tracing.traced("cache.lookup", hit="cache.hit")  # a span when sampled (api/tracing.py)
 def lookup(entry: Entry) -> Hit | None:
     """The entry, or None: read the database (and fill). The L1 first; on a miss, single-flight as above."""
     if entry.l1 is not None:
@@ -193,6 +195,7 @@ def _wait(entry: Entry, lock_key: str) -> Hit | None:
     return None
 
 
+@tracing.traced("cache.fill")
 def fill(entry: Entry, data: bytes, etag: str) -> None:
     """Fill the entry (unless a tombstone or an existing entry stops it); releases this request's
     single-flight lock of the entry either way."""

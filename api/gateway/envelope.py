@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from rest_framework.renderers import JSONRenderer
 
-from api import timing
+from api import timing, tracing
 
 
 def etag_for(data) -> str:
@@ -26,7 +26,7 @@ class EnvelopeRenderer(JSONRenderer):
     charset = None
 
     def render(self, data, accepted_media_type=None, renderer_context=None):
-        with timing.timed("render"):
+        with timing.timed("render"), tracing.span("render"):
             return self._render(data, accepted_media_type, renderer_context)
 
     def _render(self, data, accepted_media_type, renderer_context):

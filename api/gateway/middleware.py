@@ -16,7 +16,7 @@ import uuid
 
 from django.conf import settings
 
-from api import avatars, counters, faults, logs, metrics, profiling, served, timing
+from api import avatars, counters, faults, logs, metrics, profiling, served, timing, tracing
 from api.caching import reads as cache_reads
 from api.caching import request as cache_request
 from api.caching import writes as cache_writes
@@ -40,13 +40,14 @@ UNMEASURED = frozenset({"/healthz", "/metrics"})
 
 class GatewayMiddleware:
     def __init__(self, get_response):
-        self.get_response = get_response
+        self.get_response = tracing.wrapped("view", get_response)  # a sampled request's `view` span
 
     def __call__(self, request):
         started = time.perf_counter()
         timing_token = timing.begin()
         given = request.headers.get("X-Request-Id", "")
         request.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        traced = tracing.begin(request)  # the sampling decision; None (no spans at all) for most requests
         faults.arm(request)
         client_id = request.headers.get("X-Client-Id")
         token = db.begin_request(request.method, client_id)
@@ -91,6 +92,7 @@ class GatewayMiddleware:
         response["Server-Timing"] = cache_request.headers(
             response, cache, f"app;dur={(time.perf_counter() - started) * 1000:.2f}") + timing.header_parts(spent)
         logs.request_done(request, response, started)  # the request's JSON log line (api/logs.py)
+        tracing.end(traced, request, response)  # a sampled request's spans, stored in one round trip
         return response
 
     def process_view(self, request, view_func, view_args, view_kwargs):

@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from api import tracing
 from workbench import topology
 
 from . import nodes
@@ -121,7 +122,9 @@ def read_alias() -> str:
     if routing is None or not routing.reads_may_use_replicas:
         return primary_alias(shard)
     if shard not in routing.read_aliases:
-        routing.read_aliases[shard] = choose(routing, shard)
+        with tracing.span("router.choose", {"db.shard": shard}) as span:  # a no-op unless sampled
+            routing.read_aliases[shard] = choose(routing, shard)
+            span.set_attribute("db.node", metric_name(routing.read_aliases[shard]))
     return routing.read_aliases[shard]
 
 

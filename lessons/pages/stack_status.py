@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from lessons import caching, data_nodes, debugging, loadbalancing, ratelimit, readmodel, sharding
+from lessons import caching, data_nodes, debugging, loadbalancing, ratelimit, readmodel, sharding, tracing
 from lessons.client import StackClient
 from workbench import parameters
 
@@ -140,6 +140,7 @@ def render():
     readmodel.render(client.readmodel())
     ratelimit.render(client.ratelimit())
     debugging.render(client)  # errors grouped by fingerprint, on-demand profiles
+    tracing.render(client)  # the latest sampled traces, one as a waterfall
 
     st.subheader("Entry points")
     st.markdown(f"- API (through Caddy): `{state['api_url']}`  \n"

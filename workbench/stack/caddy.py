@@ -248,6 +248,23 @@ def request_id_routes() -> list[dict]:
     ]
 
 
+# W3C Trace Context, version 00 (lower-case hex; the app also checks the sampled flag).
+TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
+
+def trace_context_route() -> dict:
+    """A request without a valid `traceparent` gets one from the edge (api/tracing.py): Caddy's
+    per-request uuid without its dashes as the trace id (so it equals X-Request-Id when Caddy made
+    that too), the uuid's last 16 hex digits as the parent, flags 00: not sampled by the edge, the
+    app decides. A client's valid one is forwarded as sent. Caddy's own `tracing` handler would also
+    do this, but it exports its spans to an OTLP collector that the workbench does not run."""
+    uuid = r"^00-(\w{8})-(\w{4})-(\w{4})-(\w{4})-(\w{12})-00$"
+    return {"match": [{"not": [{"header_regexp": {"Traceparent": {"pattern": TRACEPARENT_PATTERN}}}]}],
+            "handle": [{"handler": "headers", "request": {
+                "set": {"Traceparent": ["00-{http.request.uuid}-00"]},  # set, then replace: one handler
+                "replace": {"Traceparent": [{"search_regexp": uuid, "replace": "00-$1$2$3$4$5-$4$5-00"}]}}}]}
+
+
 def config(cfg: StackConfig, header: str | None = None) -> dict:
     header = header or configured_header(cfg)
     return {
@@ -282,6 +299,7 @@ def config(cfg: StackConfig, header: str | None = None) -> dict:
                     "logs": {},  # access logs, to the "access" log above
                     "routes": [
                         *request_id_routes(),
+                        trace_context_route(),
                         {"match": [{"path": ["/static/*"]}], "handle": [static_edge()]},
                         {"match": [{"path": ["/media/*"]}], "handle": [media_edge(cfg)]},
                         # Metrics are for the controller, straight from each app server, never via the edge.

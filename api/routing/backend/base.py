@@ -9,14 +9,16 @@
   and kept until it closes, so a toggle never strands a pooled connection.
 - Emulation: a query on a data node first waits out the injected round trip, holding one of the
   node's slots (api.routing.emulation).
-- Visibility: per-node query counters (api.routing.stats) and the nodes a request used (X-DB-Node).
+- Visibility: per-node query counters (api.routing.stats) and the nodes a request used (X-DB-Node);
+  per-node query latency (api.metrics) and a span per query of a sampled request (api.tracing).
 """
 import logging
+import time
 
 from django.conf import settings
 from django.db.backends.postgresql import base
 
-from api import timing
+from api import metrics, timing, tracing
 from api.routing import db, emulation, nodes, stats
 from workbench import topology
 
@@ -89,12 +91,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self.pooled = self.via_pgbouncer = None
 
     def _observe(self, execute, sql, params, many, context):
-        if self.alias not in db.DATA_ALIASES:
-            with timing.timed("db"):
-                result = execute(sql, params, many, context)
-        else:
-            with timing.timed("db"), emulation.inject(self.node, topology.current().topology.emulation):
-                result = execute(sql, params, many, context)
-            db.note_query(self.alias)
+        started = time.perf_counter()
+        with tracing.query(self.node, sql):  # a span only when the request is sampled (api/tracing.py)
+            if self.alias not in db.DATA_ALIASES:
+                with timing.timed("db"):
+                    result = execute(sql, params, many, context)
+            else:
+                with timing.timed("db"), emulation.inject(self.node, topology.current().topology.emulation):
+                    result = execute(sql, params, many, context)
+                db.note_query(self.alias)
+        metrics.observe_db(self.node, time.perf_counter() - started)  # per-node latency, for /metrics
         stats.count_query(self.node)
         return result
