@@ -51,6 +51,8 @@ KEY = "workbench:traces"        # a list of JSON documents, newest first, capped
 FORCE_HEADER = "X-Workbench-Trace"
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-([0-9a-f]{2})$")
+# Caddy's health probes (several a second) and the scrapes are not traffic: never sampled by rate.
+UNSAMPLED = frozenset({"/healthz", "/metrics"})
 STATEMENT_CHARS = 300           # a query's SQL kept on its span: enough to recognize it
 
 _active: contextvars.ContextVar["_Trace | None"] = contextvars.ContextVar("trace", default=None)
@@ -121,6 +123,8 @@ def _decide(request) -> str | None:
         match = TRACEPARENT.match(parent)
         if match and int(match.group(1), 16) & 1:
             return "parent"
+    if request.path in UNSAMPLED:
+        return None
     rate = topology.current().topology.observability.trace_sample_rate
     if rate > 0 and random.random() < rate:
         return "rate"

@@ -161,3 +161,15 @@ def test_metrics_off_records_nothing_and_db_latency_is_per_node(stack, stack_con
         assert value(after, LATENCY, **labels) == value(before[name], LATENCY, **labels), name
         assert value(after, DB_COUNT, node=node) == value(before[name], DB_COUNT, node=node), name
     observe(stack, topology_admin, metrics=True)
+
+
+def test_the_status_page_shows_the_latest_trace_as_a_waterfall(stack, api_url):
+    from test_dashboard_apptest import run_page
+
+    trace_id = requests.get(f"{api_url}/users?limit=1", headers=FORCE, timeout=10).headers["X-Trace-Id"]
+    at = run_page()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Tracing" in [h.value for h in at.subheader]
+    (choice,) = [s for s in at.selectbox if s.label == "Trace to show as a waterfall"]
+    assert choice.value.endswith(f"({trace_id[:8]})")  # the newest is shown by default
+    assert at.get("vega_lite_chart")  # the waterfall
