@@ -22,6 +22,7 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
   appservers   throughput vs app-server count (1, 2, 4) on the shared 2 cores
   lbpolicy     least connections vs round-robin on a mix of point reads, searches and 100-row pages
   lbl1         the per-process L1 cache's hit rate under each load-balancing policy
+  observability  metrics and tracing off vs on (default sampling) vs every request traced
   spike        a traffic spike (2 x the measured capacity C, 10x the normal 0.2 x C) with load shedding
                off vs on: admitted p95, share shed, generator lag (workbench/loadgen/spike.py)
 
@@ -145,6 +146,14 @@ def suites(strategy: str = "hash") -> dict:
                        "GET /users/{id} only, 0 replicas, cache off, round_robin; each app server is a gunicorn "
                        "group of 2 gthread workers x 4 threads, all on the same 2 cores",
                        POINT_READS, [(f"app_servers={n}", {"app_servers": n}) for n in (1, 2, 4)]),
+        "observability": ("Observability: the cost of metrics and tracing",
+                          "GET /users/{id} only, uniform popularity, 0 replicas, cache off, 2 app servers; "
+                          "`observability.metrics` and `observability.trace_sample_rate` switched per case (the "
+                          "JSON request log and Server-Timing stay on in every case)",
+                          POINT_READS,
+                          [("metrics off, tracing off", {"observability": {"metrics": False, "trace_sample_rate": 0}}),
+                           ("metrics on, tracing at the default rate", {}),
+                           ("metrics on, every request traced", {"observability": {"trace_sample_rate": 1}})]),
         "lbpolicy": ("Load balancing: least connections vs round-robin on a mixed workload",
                      "96% GET /users/{id} (about 5 ms each), 2% full-text searches over every shard for 8 of the "
                      "seeded words (GET /search/posts?q=..., about 0.2-0.35 s each), 2% the largest page of users "
@@ -294,9 +303,9 @@ class Command(BaseCommand):
         elif o["suite"] == "lbl1":
             moves = hashmoves.measure(cfg, topo)
             self.stdout.write(f"  scale-out under `header`: {moves}")
-            text = render_lb(cfg, o, what, table, LB_NOTES["lbl1"] + " " + moves_sentence(moves))
-        elif o["suite"] in LB_NOTES:
-            text = render_lb(cfg, o, what, table, LB_NOTES[o["suite"]])
+            text = render_noted(cfg, o, what, table, NOTES["lbl1"] + " " + moves_sentence(moves))
+        elif o["suite"] in NOTES:
+            text = render_noted(cfg, o, what, table, NOTES[o["suite"]])
         else:
             text = render(cfg, o, heading, what, table)
         self.stdout.write(text)
@@ -564,7 +573,11 @@ def render_ratelimit(cfg, o, what, table) -> str:
     return "\n".join(lines)
 
 
-LB_NOTES = {
+NOTES = {
+    "observability": f"Target: metrics plus tracing at the default sampling rate ({parameters.tracing()['sample_rate']:g}, "
+                     "committed in workbench/parameters.toml before this was measured) cost under 10% of the "
+                     "throughput of the first row. The last row shows what tracing every request would cost: "
+                     "each traced request builds its spans and writes one document to the state Valkey.",
     "caddy": "Caddy's overhead is the difference between the two rows: the same app server, the same runs "
              "interleaved. Caddy shares the 2 cores with the app server and the load generator, so its CPU "
              "comes out of the app server's throughput too.",
@@ -589,7 +602,7 @@ def moves_sentence(m: dict) -> str:
             f"a modulo hash about {1 - m['expected']:.0%}), {m['moved_to_new']:,} of them to the new server.")
 
 
-def render_lb(cfg, o, what, table, note: str) -> str:
+def render_noted(cfg, o, what, table, note: str) -> str:
     """A load-balancing suite: each case against the first, with where the requests went (X-App-Server)
     and what the cache said (X-Cache), errors, and CPU."""
     lines = _preamble(cfg, o, what) + [
