@@ -95,8 +95,10 @@ class Command(BaseCommand):
 
     def _print(self, doc: topology.Document) -> None:
         self.stdout.write(f"version {doc.version}   updated {doc.updated_at or '-'} by {doc.updated_by or '-'}")
-        for key, value in _flat(doc.topology.to_dict()):
-            self.stdout.write(f"  {key:<26}{json.dumps(value)}")
+        rows = list(_flat(doc.topology.to_dict()))
+        width = max(len(key) for key, _ in rows) + 2  # the longest field name still leaves a gap
+        for key, value in rows:
+            self.stdout.write(f"  {key:<{width}}{json.dumps(value)}")
         shown = doc.to_dict(topology.report())
         for change in shown["pending"]:
             self.stdout.write(f"  pending for the controller: {change['field']} {json.dumps(change['running'])} -> "
