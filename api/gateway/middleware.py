@@ -77,7 +77,8 @@ class GatewayMiddleware:
         self._db_headers(response, routing)
         if limited:
             limited.apply(response)
-        if request.path != "/healthz":  # Caddy's health probes are not traffic
+        measured = request.path not in UNMEASURED
+        if measured:
             served.count(settings.APP_SERVER_NAME)
         counters.flush_all()
         response["X-Request-Id"] = request.request_id
@@ -85,7 +86,7 @@ class GatewayMiddleware:
         # The worker's local copy: at most one small version check a second, never a read per request.
         version = topology.current().version
         response["X-Topology-Version"] = str(version)
-        if request.path not in UNMEASURED:  # Prometheus (api/metrics.py): memory writes, no I/O
+        if measured:  # Prometheus (api/metrics.py): memory writes, no I/O
             metrics.observe(request, response.status_code, time.perf_counter() - started, version)
         timing.add("gateway", time.perf_counter() - finishing)
         spent = timing.end(timing_token)
