@@ -90,7 +90,9 @@ def render(client) -> None:
     if "error" in trace:
         st.warning(f"That trace is gone from the store: {trace['error']}")
         return
-    st.altair_chart(waterfall(trace["spans"]), width="stretch")
+    # An explicit height: left to "content", Streamlit drew five spans in about 50 px and dropped
+    # most of their labels.
+    st.altair_chart(waterfall(trace["spans"]), width="stretch", height=80 + 28 * len(trace["spans"]))
     st.caption("Each bar is a span: from its start to its end, in ms after the request reached the app "
                "server (Caddy's time before it is not part of this trace). Nested bars ran inside the one "
                "above them; the label is the span's own duration.")
