@@ -233,6 +233,16 @@ class Autoscale:
 
 
 @dataclass(frozen=True)
+class Failover:
+    """What the controller does when a shard's primary stays down (workbench/stack/failover.py).
+    Off: a human runs `manage.py chaos failover`. On: once the primary has been down `grace_s`
+    (a crash the supervisor restarts from is usually back within two seconds), the controller
+    fences it and promotes the most advanced replica. A short grace turns restarts into failovers."""
+    auto: bool = _bool(False)
+    grace_s: float = _number(5, 0.5, 300)
+
+
+@dataclass(frozen=True)
 class Auth:
     """Who may call what (api/gateway/auth.py, rbac.py). Writes always need a token, except sign-up
     and the token endpoints; reads need one only when `anonymous_reads` is off."""
@@ -307,6 +317,8 @@ class Topology:
     autoscale: Autoscale = _group(Autoscale)
     # Metrics on or off, the trace sampling rate and the trace store's size.
     observability: Observability = _group(Observability)
+    # Automatic primary failover and its grace period.
+    failover: Failover = _group(Failover)
 
     @property
     def shard_groups(self) -> int:

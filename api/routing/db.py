@@ -11,7 +11,8 @@ replicas (api.routing.shards names them). Which shard a query goes to is this co
   down or behind `max_lag_ms` (api.routing.nodes), or when it failed here moments ago.
 - Read-your-writes: after a client's write, its reads go to the primary for `read_your_writes_s`.
   The client is the `X-Client-Id` header until the gateway adds tokens.
-- A read that fails on a replica is retried once, on the primary (see ApiView.handle_exception).
+- A read that fails on a replica is retried once, on the primary (see ApiView.handle_exception);
+  while the primary is down (before a failover), on another replica.
 Outside a request (management commands, the reconciler) everything uses the shard's primary.
 """
 from __future__ import annotations
@@ -140,9 +141,11 @@ def choose(routing: RequestRouting, shard: int = 1) -> str:
     primary = primary_alias(shard)
     if t.replicas == 0:
         return primary
-    if t.read_your_writes_s > 0 and routing.client_id and _wrote_recently(routing.client_id):
-        return primary
     report = nodes.current()
+    # With the primary down, read-your-writes gives way: a replica's answer, maybe stale, beats a 503.
+    if t.read_your_writes_s > 0 and routing.client_id and primary_up(report, shard) \
+            and _wrote_recently(routing.client_id):
+        return primary
     now = time.monotonic()
     candidates = [r for r in report.usable_replicas(t.replicas, t.max_lag_ms, shard)
                   if r not in routing.avoid and _suspects.get(r, 0) < now]
@@ -172,10 +175,18 @@ def retry_read(exc: Exception) -> bool:
             _suspects[alias] = time.monotonic() + SUSPECT_S
     routing.avoid.update(failed)
     routing.retried = True
-    routing.read_aliases = {parse_alias(a)[0]: primary_alias(parse_alias(a)[0]) for a in failed}
+    # On the primary; or, while it is down (before a failover), on another replica, chosen afresh.
+    report = nodes.current()
+    routing.read_aliases = {shard: primary_alias(shard) for shard in {parse_alias(a)[0] for a in failed}
+                            if primary_up(report, shard)}
     for alias in failed:
         _purge(alias)
     return True
+
+
+def primary_up(report, shard: int) -> bool:
+    """False only when a fresh controller report says the shard's primary is down."""
+    return not report.fresh() or report.nodes.get(primary_alias(shard), {}).get("healthy", True)
 
 
 def _is_db_error(exc: Exception) -> bool:

@@ -1,6 +1,6 @@
 """The one injection mechanism (DESIGN.md section 5) on the query path: an injected round trip and a
 per-node concurrency limit. Replica apply delay, its third part, is a server setting the controller
-applies (workbench/stack/replicas.py). Chaos `slow` will reuse `inject`.
+applies (workbench/stack/replicas.py). Chaos `slow` adds its delay to the same round trip.
 
 The limit must hold across every app-server process, as a real node's capacity would, so it is a
 set of lock files per node: a query holds one slot's flock(2) for its round trip and its run. A
@@ -83,7 +83,23 @@ def round_trip_ms(node: str, emulation: Emulation) -> float:
     rtt = emulation.rtt_ms if emulation.enabled else 0.0
     if emulation.remote_replica and node == f"replica-{emulation.remote_replica}":
         rtt += emulation.region_rtt_ms
-    return rtt
+    return rtt + chaos_slow_ms(node)
+
+
+def chaos_slow_ms(node: str) -> float:
+    """What `manage.py chaos slow` adds to each query on `node` (workbench/stack/chaos.py): the
+    controller publishes it in the node report, which every worker keeps a fresh copy of."""
+    from . import nodes
+    return float(nodes.current().nodes.get(node, {}).get("slow_ms") or 0)
+
+
+@contextlib.contextmanager
+def chaos_delay(node: str):
+    """The chaos delay alone, for meta, which emulation leaves alone."""
+    delay = chaos_slow_ms(node)
+    if delay > 0:
+        time.sleep(delay / 1000)
+    yield
 
 
 @contextlib.contextmanager

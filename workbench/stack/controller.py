@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 
-from . import apps, autoscale, caddy, config, datanodes, postgres, valkey
+from . import apps, autoscale, caddy, chaos, config, datanodes, failover, postgres, valkey
 from .process import CpuMeter, ProcessSpec, Supervised, stop_tree
 from api import served  # noqa: E402 - plain module: counters in the state Valkey, no Django needed
 
@@ -51,6 +51,7 @@ class Controller:
         self.data_nodes: datanodes.DataNodes | None = None
         self.cpu = CpuMeter()  # CPU percent between status calls (process.py)
         self.apps: apps.AppTier | None = None  # set when bring-up reaches the app tier; scaling waits till then
+        self.chaos = chaos.Chaos(self)  # processes held down, nodes slowed (chaos.py)
 
     # --- events -------------------------------------------------------------------------------
     def log(self, event: str, **fields) -> None:
@@ -106,6 +107,7 @@ class Controller:
             self.log("topology_apply_failed", error=str(exc))
         threading.Thread(target=self.data_nodes.apply_forever, daemon=True).start()
         threading.Thread(target=autoscale.Autoscaler(self).run_forever, daemon=True).start()
+        threading.Thread(target=failover.Watcher(self).run_forever, daemon=True).start()
         self.set_phase("ready")
 
     def _start_postgres(self, name: str, role: str, port: int, database: str) -> None:
@@ -190,7 +192,7 @@ class Controller:
                     backoff[name] = min(delay * 2, MAX_BACKOFF)
                     restart_at[name] = now + delay
                     self.log("died", name=name, pid=proc.pid, exit_code=code, restart_in_s=delay)
-                elif now >= restart_at[name]:
+                elif now >= restart_at[name] and not self.chaos.holds(name):  # `chaos stop` holds it down
                     del restart_at[name]
                     proc.restarts += 1
                     proc.start()
@@ -283,6 +285,7 @@ class Controller:
             "upstreams": caddy.upstreams(cfg) if self.phase == "ready" else None,
             # Requests each app server answered since the start, as the servers counted them (api/served.py).
             "served": self._served(),
+            "chaos": self.chaos.state(),
         }
 
     def _served(self) -> dict:
@@ -359,6 +362,21 @@ class _Handler(BaseHTTPRequestHandler):
             except RunBusy as exc:
                 return self._send(409, {"error": f"run {exc} is still going; one run at a time", "run": str(exc)})
             return self._send(202, run)
+        if self.path == "/chaos":  # kill | stop | start | slow | failover (chaos.py)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(min(length, 65536)) or b"{}")
+                if not isinstance(body, dict):
+                    raise chaos.ChaosError("(body)", "the body must be a JSON object")
+                result = self.controller.chaos.act(body.get("action"), body.get("role"), body.get("ms"),
+                                                   body.get("shard"))
+            except chaos.ChaosError as exc:
+                return self._send(400, {"error": str(exc), "field": exc.field})
+            except json.JSONDecodeError as exc:
+                return self._send(400, {"error": f"bad JSON: {exc}", "field": "(body)"})
+            except RuntimeError as exc:  # a failover that could not be carried out: nothing changed
+                return self._send(409, {"error": str(exc), "field": "action"})
+            return self._send(200, result)
         if self.path == "/shutdown":
             self._send(202, {"stopping": True})
             threading.Thread(target=lambda: os.kill(os.getpid(), signal.SIGTERM), daemon=True).start()

@@ -34,6 +34,7 @@ import bisect
 import collections
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,7 @@ class DataNodes:
         self.store = topology.Store(self.state)
         self.interval = parameters.lag()["sample_interval_s"]
         self.progress: str | None = None
+        self.lock = threading.RLock()  # one change of the data tier at a time: a topology pass or a failover
         self.refusals: list[str] = []  # what the last apply pass would not do (a shard still holding users)
         self.version = 0
         self.running: dict = {}
@@ -135,6 +137,7 @@ class DataNodes:
         self.refused: set[str] = set()  # shard primaries not retired since they hold users
         self.history: dict[str, collections.deque] = {}  # per shard primary: (monotonic time, its LSN)
         self.down_since: dict[str, float] = {}
+        self.last_lag: dict[str, float] = {}  # per replica, its lag while its primary last answered
         self.conns: dict[str, psycopg.Connection] = {}  # the monitor's own, one per node
         self.last_counts: dict[str, dict] = {}  # per node: connections, and on primaries users, posts
         self.last_report: nodes.Report | None = None
@@ -186,7 +189,8 @@ class DataNodes:
                 applied_at = time.monotonic()
                 doc = self.store.read()
                 self.version = doc.version
-                self.apply(doc.topology)
+                with self.lock:
+                    self.apply(doc.topology)
                 applied_version, applied_state = doc.version, state_pid
                 self.progress = "; ".join(self.refusals) or None
             except Exception as exc:  # report it and try again; the stack keeps running meanwhile
@@ -344,8 +348,11 @@ class DataNodes:
         if not (data_dir / "PG_VERSION").exists():
             self._say(f"copying {group.source} into {name} (pg_basebackup)")
             self._base_backup(group, index, data_dir)
+        # After a failover its primary's port answers again within seconds: retry the stream each
+        # second rather than the default five (workbench/stack/failover.py).
         self._start_postgres(name, group.replica_port(index), data_dir,
-                             settings={"cluster_name": slot_name(index), "hot_standby_feedback": "on"})
+                             settings={"cluster_name": slot_name(index), "hot_standby_feedback": "on",
+                                       "wal_retrieve_retry_interval": "1s"})
         self.ctl.log("replica_started", name=name, port=group.replica_port(index))
         self.running = self.read_running()  # what runs is reported as each step lands
 
@@ -543,7 +550,8 @@ class DataNodes:
         report_nodes: dict[str, dict] = {}
         for group in self._shard_processes(live):
             self._sample_group(group, live, report_nodes, now)
-        for name in set(self.conns) - set(report_nodes) - {"meta"}:  # retired
+        report_nodes["meta"] = self._sample_meta(live)
+        for name in set(self.conns) - set(report_nodes):  # retired
             self.conns.pop(name).close()
         for name in set(self.history) - set(report_nodes):
             del self.history[name]
@@ -560,7 +568,20 @@ class DataNodes:
             if name in report_nodes or name == "meta":
                 report_nodes.setdefault(name, {})["queries"] = count
         self._sample_pgbouncer(report_nodes, with_counts)
+        for name, ms in self.ctl.chaos.state()["slow_ms"].items():  # `chaos slow`: the workers add it
+            report_nodes.setdefault(name, {})["slow_ms"] = ms
         return nodes.Report(time.time(), report_nodes, self.running, self.progress, self.version)
+
+    def _sample_meta(self, live: dict) -> dict:
+        """Meta's health, so that the app workers fail fast (503) while it is down, not after the
+        pool's timeout: accounts, sign-ups and the shard directory live there."""
+        proc = live.get("pg-meta")
+        try:
+            healthy = proc is not None and proc.exited() is None and bool(self._query("meta", "SELECT 1"))
+        except psycopg.Error:
+            healthy = False
+        return {"healthy": healthy, "state": "meta" if healthy else "down", "port": self.cfg.meta_pg_port,
+                "pid": getattr(proc, "pid", None), "lag_ms": 0.0, "lag_bytes": 0}
 
     def _sample_group(self, group: ShardGroup, live: dict, report_nodes: dict, now: float) -> None:
         """A shard's primary and its replicas; their lag is measured against that primary's WAL."""
@@ -589,7 +610,7 @@ class DataNodes:
             # The replay position comes from the replica itself: the primary only learns it from
             # the replica's status messages, up to wal_receiver_status_interval (10 s) late when idle.
             replay = None
-            if streaming and current is not None:
+            if (streaming and current is not None) or (current is None and proc.exited() is None):
                 try:
                     replay = self._query(name, REPLAY_LSN)[0][0]
                 except psycopg.Error:
@@ -597,9 +618,14 @@ class DataNodes:
             node = {"healthy": replay is not None, "state": row[1] if row else "down",
                     "sync_state": row[2] if row else None, "port": proc.spec.port, "pid": proc.pid,
                     "shard": group.number, "lag_bytes": None, "lag_ms": None}
-            if replay is not None:
+            if replay is not None and current is None:
+                # Its primary is down: nothing new is written, so the replica is as fresh as it will
+                # get and keeps serving reads (the lag it had when the primary went is kept).
+                node.update(state="primary down", lag_ms=self.last_lag.get(name, 0.0))
+            elif replay is not None:
                 node["lag_bytes"] = max(current - int(replay), 0)
                 node["lag_ms"] = round(_lag_ms(history, int(replay), current, now), 1)
+                self.last_lag[name] = node["lag_ms"]
             self._note_health(name, node["healthy"], now)
             report_nodes[name] = node
 
@@ -627,7 +653,8 @@ class DataNodes:
             except psycopg.Error:
                 counts.pop(name, None)
         try:
-            counts["meta"] = {"directory": {str(k): users for k, users in self._query("meta", DIRECTORY_COUNTS)}}
+            counts.setdefault("meta", {})["directory"] = {str(k): users for k, users in
+                                                          self._query("meta", DIRECTORY_COUNTS)}
         except psycopg.Error:
             pass
         self.last_counts = counts

@@ -35,6 +35,16 @@ def _get(cfg: config.StackConfig, path: str, timeout: float = 5) -> dict:
     return response.json()
 
 
+def chaos(cfg: config.StackConfig, action: str, role: str | None = None, timeout: float = 120,
+          **extra) -> tuple[int, dict]:
+    """Ask the controller for a chaos action (workbench/stack/chaos.py): (HTTP status, its answer).
+    The CLI, the dashboard, the fault runner and the tests all go through here."""
+    body = {"action": action, "role": role, **{k: v for k, v in extra.items() if v is not None}}
+    response = requests.post(cfg.controller_url + "/chaos", json=body, headers=cfg.operator_headers(),
+                             timeout=timeout)
+    return response.status_code, response.json()
+
+
 def status(cfg: config.StackConfig) -> dict | None:
     """The controller's view of the stack, or None when no controller runs."""
     if not controller_pid(cfg):

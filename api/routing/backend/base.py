@@ -9,6 +9,7 @@
   and kept until it closes, so a toggle never strands a pooled connection.
 - Emulation: a query on a data node first waits out the injected round trip, holding one of the
   node's slots (api.routing.emulation).
+- Fail fast: a connection to a node the controller reports down is refused at once (a 503).
 - Visibility: per-node query counters (api.routing.stats) and the nodes a request used (X-DB-Node);
   per-node query latency (api.metrics) and a span per query of a sampled request (api.tracing).
 """
@@ -55,6 +56,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return pool
 
     def connect(self):
+        report = nodes.current()
+        if report.fresh() and report.nodes.get(self.node, {}).get("healthy") is False:
+            # The controller saw it down (a crash, `chaos stop`, a failover under way): fail at once
+            # with a 503 rather than wait out the pool's timeout against a dead port.
+            raise self.Database.OperationalError(f"{self.node} is down (the controller's node report)")
         self.via_pgbouncer = self.alias == db.PRIMARY and pgbouncer_ready()
         try:
             try:
@@ -94,7 +100,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         started = time.perf_counter()
         with tracing.query(self.node, sql):  # a span only when the request is sampled (api/tracing.py)
             if self.alias not in db.DATA_ALIASES:
-                with timing.timed("db"):
+                with timing.timed("db"), emulation.chaos_delay(self.node):
                     result = execute(sql, params, many, context)
             else:
                 with timing.timed("db"), emulation.inject(self.node, topology.current().topology.emulation):
