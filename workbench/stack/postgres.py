@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from . import binaries
+from . import archive, binaries
 from .process import ProcessSpec, as_user
 
 OS_USER = "wbpg"
@@ -97,7 +97,9 @@ log_min_messages = warning
 def spec(name: str, data_dir: Path, port: int, log_file: Path, settings: dict | None = None) -> ProcessSpec:
     bindir = binaries.postgres_bin_dir()
     url = f"postgres://{DB_USER}@127.0.0.1:{port}/postgres"
-    extra = [arg for key, value in (settings or {}).items() for arg in ("-c", f"{key}={value}")]
+    # WAL archiving from the node's first start (archive.py); the caller's settings win.
+    settings = {**archive.settings(data_dir), **(settings or {})}
+    extra = [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
     return ProcessSpec(
         name=name, role="postgres", port=port, log_file=log_file,
         argv=[str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port), *extra],
