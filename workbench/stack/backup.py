@@ -167,8 +167,8 @@ def take(cfg: config.StackConfig, out=print, keep: int | None = None) -> dict:
     cut = barrier(nodes, point)
     for lineage, values in cut["nodes"].items():
         manifest["nodes"][lineage].update(values)
-    manifest.update(point=point, point_time=cut["time"], write_pause_ms=cut["write_pause_ms"],
-                    barrier_attempts=cut["attempts"])
+    manifest.update(point=point, point_time=cut["time"], barrier_began=cut["began"], barrier_ended=cut["ended"],
+                    write_pause_ms=cut["write_pause_ms"], barrier_attempts=cut["attempts"])
     out(f"  restore point {point} on {len(nodes)} nodes at {cut['time']} "
         f"(writes paused {cut['write_pause_ms']:.1f} ms)")
     archive_now(cfg, nodes)
@@ -191,7 +191,7 @@ def barrier(nodes: list[Node], point: str) -> dict:
         try:
             for conn in lockers:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            t0 = time.monotonic()
+            t0, began = time.monotonic(), _now()
             for node, conn in zip(nodes, lockers):
                 # LOCK takes no snapshot: the snapshot of this repeatable-read transaction is taken by
                 # the first query after it, so it sees every write that committed before the lock.
@@ -211,7 +211,7 @@ def barrier(nodes: list[Node], point: str) -> dict:
                 reader.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
             for conn in lockers:
                 conn.commit()
-            pause_ms = (time.monotonic() - t0) * 1000
+            pause_ms, ended = (time.monotonic() - t0) * 1000, _now()
         except psycopg.errors.LockNotAvailable:
             # A long transaction holds a table: give the writers queued behind our locks their turn.
             for conn in lockers + readers:
@@ -221,7 +221,8 @@ def barrier(nodes: list[Node], point: str) -> dict:
         finally:
             for conn in lockers:
                 conn.close()
-        result = {"time": moment.isoformat(), "write_pause_ms": round(pause_ms, 1), "attempts": attempt, "nodes": {}}
+        result = {"time": moment.isoformat(), "began": began.isoformat(), "ended": ended.isoformat(),
+                  "write_pause_ms": round(pause_ms, 1), "attempts": attempt, "nodes": {}}
         for node, reader, (lsn, walfile, _, timeline) in zip(nodes, readers, marks):
             sums = {t: dict(zip(("rows", "sum"), reader.execute(CHECKSUM.format(t)).fetchone()))
                     for t in tables[node.lineage]}
