@@ -24,3 +24,7 @@ def lag() -> dict:
 
 def tracing() -> dict:
     return load()["tracing"]
+
+
+def capacity() -> dict:
+    return load()["capacity"]

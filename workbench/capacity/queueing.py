@@ -16,6 +16,7 @@ requests per second; the callers convert to milliseconds.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ class MMc:
     def utilisation(self) -> float:
         return self.lam / (self.c * self.mu)
 
-    @property
+    @functools.cached_property  # O(c) to compute; percentiles and sampling ask for it many times
     def p_wait(self) -> float:
         return erlang_c(self.c, self.lam / self.mu)
 
