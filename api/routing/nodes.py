@@ -50,7 +50,8 @@ class Report:
         return out
 
     def lag_ms(self, name: str) -> float:
-        return float(self.nodes.get(name, {}).get("lag_ms", 0.0))
+        # None while the node is down or not streaming (a request may have used it just before).
+        return float(self.nodes.get(name, {}).get("lag_ms") or 0.0)
 
     def to_dict(self) -> dict:
         return {"at": self.at, "nodes": self.nodes, "running": self.running, "progress": self.progress,

@@ -79,7 +79,7 @@ async def open_loop(w: Workload, keys: Keys | None, send, recorder: Recorder, pa
         done = clock()
         # The same second as on_send: int(intended - start) can fall just below a whole second.
         recorder.on_done(second, kind, int((done - intended) * 1e6), int((done - sent_at) * 1e6),
-                         outcome, headers)
+                         outcome, headers, at=intended - start)
         if progress:
             progress(outcome)
 

@@ -10,6 +10,7 @@ from hdrh.histogram import HdrHistogram
 LOWEST_US, HIGHEST_US, DIGITS = 1, 120_000_000, 3
 LATE_US = 1000              # a send that left more than 1 ms after its intended time is "late"
 MAX_LATE_SHARE = 0.01       # more than 1% late sends make the run invalid
+MAX_FAILURE_TIMES = 20_000  # failure times kept per run (fault runs want the first and last)
 # Response headers a request is attributed by, whichever the stack sends (DESIGN.md section 2).
 ATTRIBUTION_HEADERS = ("X-App-Server", "X-DB-Node", "X-Cache", "X-Query-Cache", "X-Write-Behind", "X-Read-Model",
                        "X-RateLimit-Status", "X-Shed")
@@ -63,6 +64,12 @@ class Recorder:
         self.attribution = {h: collections.Counter() for h in ATTRIBUTION_HEADERS}
         self.timing_ms: collections.Counter = collections.Counter()  # Server-Timing part -> total ms
         self.timed = 0                                               # responses that carried Server-Timing
+        # For fault runs (workbench/loadgen/faults.py): when each failure happened (seconds from the
+        # start, bounded), failures per request kind, and the ledger of acknowledged creates: the
+        # Location of every post the API answered 201 for, checked against the database afterwards.
+        self.failed_at: list[float] = []
+        self.failed_by_kind = collections.Counter()
+        self.created: list[str] = []
 
     def on_send(self, second: int, lag_us: int) -> None:
         self.sent += 1
@@ -72,7 +79,7 @@ class Recorder:
             self.late += 1
 
     def on_done(self, second: int, kind: str, latency_us: int, service_us: int, outcome: str,
-                headers=None) -> None:
+                headers=None, at: float | None = None) -> None:
         """`outcome` is "ok" or an error key (an HTTP status such as "503", or "timeout")."""
         latency_us = min(max(latency_us, LOWEST_US), HIGHEST_US)
         bucket = self.seconds[second]
@@ -84,9 +91,14 @@ class Recorder:
             self.ok += 1
             self.admitted.record_value(latency_us)
             bucket.ok += 1
+            if kind == "create_post" and headers is not None and headers.get("Location"):
+                self.created.append(headers["Location"])
         else:
             self.errors[outcome] += 1
             bucket.errors[outcome] += 1
+            self.failed_by_kind[kind] += 1
+            if len(self.failed_at) < MAX_FAILURE_TIMES:
+                self.failed_at.append(round(second if at is None else at, 4))
         if headers is not None:
             for name in ATTRIBUTION_HEADERS:
                 value = headers.get(name)
@@ -108,6 +120,7 @@ class Recorder:
             "dropped": self.dropped, "late": self.late, "by_kind": dict(self.by_kind),
             "attribution": {h: dict(c) for h, c in self.attribution.items()},
             "timing_ms": dict(self.timing_ms), "timed": self.timed,
+            "failed_at": self.failed_at, "failed_by_kind": dict(self.failed_by_kind), "created": self.created,
         }
 
     @classmethod
@@ -133,6 +146,9 @@ class Recorder:
                 total.attribution.setdefault(header, collections.Counter()).update(counts)
             total.timing_ms.update(part.get("timing_ms", {}))
             total.timed += part.get("timed", 0)
+            total.failed_at = sorted(total.failed_at + part.get("failed_at", []))[:MAX_FAILURE_TIMES]
+            total.failed_by_kind.update(part.get("failed_by_kind", {}))
+            total.created += part.get("created", [])
         return total
 
     # --- reporting ----------------------------------------------------------------------------

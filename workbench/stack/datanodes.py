@@ -132,6 +132,7 @@ class DataNodes:
         self.lock = threading.RLock()  # one change of the data tier at a time: a topology pass or a failover
         self.refusals: list[str] = []  # what the last apply pass would not do (a shard still holding users)
         self.version = 0
+        self.topology: topology.Topology | None = None  # as the last apply pass read it
         self.running: dict = {}
         self.ready: set[str] = set()  # shard primaries (k >= 2) started and migrated
         self.refused: set[str] = set()  # shard primaries not retired since they hold users
@@ -188,7 +189,7 @@ class DataNodes:
                     continue
                 applied_at = time.monotonic()
                 doc = self.store.read()
-                self.version = doc.version
+                self.version, self.topology = doc.version, doc.topology
                 with self.lock:
                     self.apply(doc.topology)
                 applied_version, applied_state = doc.version, state_pid

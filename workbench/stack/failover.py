@@ -192,9 +192,9 @@ class Watcher:
 
     def check(self) -> None:
         dn = self.ctl.data_nodes
-        t = dn.store.read().topology
+        t = dn.topology  # as the apply loop last read it: no extra Valkey call here
         report = dn.last_report
-        if not t.failover.auto or report is None:
+        if t is None or not t.failover.auto or report is None:
             self.down_since.clear()
             return
         now = time.monotonic()

@@ -1,0 +1,234 @@
+"""Fault runs: a load run from the load generator with a real fault in the middle, and the books
+checked afterwards (issue 12). One code path serves `manage.py faults` (figures for
+docs/reliability.md) and the fault tests (which assert the behaviour).
+
+A run applies the scenario's topology, starts an open-loop load (reads and post creations, each
+write made by its owner), injects the fault through the controller's chaos API at `fault_at_s`,
+optionally recovers it `hold_s` later, and then:
+- counts failures by request kind, and when the first and last happened (the outage window);
+- checks the ledger: every post the API acknowledged (201 with its Location) must be in the
+  database; the ones missing are writes lost;
+- reports availability (successes / requests) and the error budget that burned against 99.99%.
+"""
+from __future__ import annotations
+
+import collections
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+import requests
+
+from workbench.stack import config, launcher
+
+from . import engine
+from .client import TopologyClient
+from .runs import load_keys, load_tokens
+from .workload import Workload
+
+SLO_AVAILABILITY = 0.9999
+POST_LOCATION = re.compile(r"/users/([0-9]+)/posts/([0-9]+)$")
+READS = {"user": 0.5, "user_posts": 0.5}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str                      # the fault, in words
+    topology: dict                 # patched before the run
+    fault: tuple                   # (action, role) for the chaos API
+    recover: tuple | None = None   # (action, role) `hold_s` after the fault, if the fault needs a hand
+    hold_s: float = 3.0
+    target: str = ""               # what the issue asks of it
+    # Single requests sent once while the fault holds (1 s after it): what works and what does not.
+    probes: tuple = ()
+
+
+SCENARIOS = {
+    "replica": Scenario("replica", "replica-1 SIGKILLed (restarted by supervision)", {"replicas": 2},
+                        ("kill", "replica-1"), target="zero failed reads: a read retries on another node"),
+    "cache-node": Scenario("cache-node", "the cache Valkey SIGKILLed", {"cache": {"mode": "cache-aside"}},
+                           ("kill", "valkey-cache"), target="zero 5xx: reads fall through to the database"),
+    "app-server": Scenario("app-server", "app-2 SIGKILLed", {"app_servers": 2}, ("kill", "app-2"),
+                           target="failures only within Caddy's health interval, none after"),
+    "primary": Scenario("primary", "the primary SIGKILLed and held down; automatic failover after 2 s",
+                        {"replicas": 2, "failover": {"auto": True, "grace_s": 2}}, ("stop", "primary"),
+                        target="reads continue; writes 503 until the failover; zero lost with sync replication"),
+    "meta": Scenario("meta", "meta SIGKILLed and held down for 3 s, then started", {}, ("stop", "meta"),
+                     recover=("start", "meta"),
+                     probes=(("sign-up", "POST", "/api/v1/users",
+                              {"username": "probe_{n}", "email": "probe_{n}@example.org", "password": "a long secret"}),
+                             ("sign-in", "POST", "/api/v1/auth/token", {"username": "nobody_{n}", "password": "wrong"}),
+                             ("read a user", "GET", "/api/v1/users/{user}", None)),
+                     target="shows what needs meta (sign-in, sign-up, the directory) and what does not"),
+}
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    replication: str
+    rate: float
+    duration_s: float
+    fault_at_s: float
+    requests: int
+    ok: int
+    errors: dict
+    failed_by_kind: dict
+    by_kind: dict
+    first_failure_s: float | None
+    last_failure_s: float | None
+    acknowledged_writes: int
+    writes_lost: int
+    lost_ids: list = field(default_factory=list)
+    probes: dict = field(default_factory=dict)   # label -> (HTTP status or error, ms)
+    events: list = field(default_factory=list)
+    valid: bool = True
+
+    @property
+    def failed(self) -> int:
+        return self.requests - self.ok
+
+    @property
+    def availability(self) -> float:
+        return self.ok / self.requests if self.requests else 0.0
+
+    @property
+    def budget_burned(self) -> float:
+        """The share of a 99.99% error budget this run's failures used (1.0: all of it)."""
+        return (1 - self.availability) / (1 - SLO_AVAILABILITY)
+
+    @property
+    def outage_s(self) -> float:
+        if self.first_failure_s is None:
+            return 0.0
+        return self.last_failure_s - self.first_failure_s
+
+    def five_xx(self) -> int:
+        return sum(n for code, n in self.errors.items() if code.isdigit() and code.startswith("5"))
+
+    def failed_reads(self) -> int:
+        return sum(n for kind, n in self.failed_by_kind.items() if kind in READS)
+
+    def failed_writes(self) -> int:
+        return self.failed_by_kind.get("create_post", 0)
+
+
+def run(cfg: config.StackConfig, scenario: Scenario, *, rate: float = 50, duration_s: float = 8,
+        fault_at_s: float = 2, replication: str = "async", seed: int = 1) -> Outcome:
+    topo = TopologyClient(cfg)
+    patch = dict(scenario.topology)
+    if "replicas" in patch:
+        patch["replication"] = replication
+    if patch:
+        topo.apply(patch)
+    w = Workload(mode="open", rate=rate, duration_s=duration_s, read_ratio=0.8, reads=READS,
+                 writes={"create_post": 1.0}, seed=seed, timeout_s=10).validate()
+    users, posts = load_keys(cfg)
+    tokens = load_tokens(cfg, users)
+    events_before = len(_events(cfg))
+    box: dict = {}
+    loader = threading.Thread(target=lambda: box.update(rec=engine.run(w, cfg.api_url, users, posts, 1, None, tokens)))
+    started = time.monotonic()
+    loader.start()
+    try:
+        _at(started + engine.START_LEAD_S + fault_at_s)
+        _chaos(cfg, *scenario.fault)
+        fault_time = time.monotonic()
+        if scenario.probes:
+            _at(fault_time + 1.0)
+            box["probes"] = probe(cfg, scenario.probes, users[0])
+        if scenario.recover:
+            _at(fault_time + scenario.hold_s)
+            _chaos(cfg, *scenario.recover)
+    finally:
+        loader.join()
+    rec = box["rec"]
+    lost = verify_ledger(cfg, rec.created)
+    failed_at = sorted(rec.failed_at)
+    summary = rec.summary(duration_s)
+    return Outcome(
+        scenario=scenario.name, replication=replication, rate=rate, duration_s=duration_s, fault_at_s=fault_at_s,
+        requests=rec.ok + sum(rec.errors.values()), ok=rec.ok, errors=dict(rec.errors),
+        failed_by_kind=dict(rec.failed_by_kind), by_kind=dict(rec.by_kind),
+        first_failure_s=failed_at[0] if failed_at else None, last_failure_s=failed_at[-1] if failed_at else None,
+        acknowledged_writes=len(rec.created), writes_lost=len(lost), lost_ids=lost[:20],
+        events=_events(cfg)[events_before:], valid=summary["valid"], probes=box.get("probes", {}))
+
+
+def probe(cfg: config.StackConfig, probes: tuple, user: int) -> dict:
+    out = {}
+    n = time.time_ns() % 10**12
+    for label, method, path, body in probes:
+        body = {k: v.format(n=n) for k, v in body.items()} if body else None
+        started = time.monotonic()
+        try:
+            response = requests.request(method, cfg.api_url + path.format(user=user), json=body, timeout=15)
+            outcome = response.status_code
+        except requests.RequestException as exc:
+            outcome = type(exc).__name__
+        out[label] = (outcome, round((time.monotonic() - started) * 1000, 1))
+    return out
+
+
+def verify_ledger(cfg: config.StackConfig, locations: list[str]) -> list[int]:
+    """The acknowledged posts that no shard primary holds: writes lost."""
+    wanted = set()
+    for location in locations:
+        match = POST_LOCATION.search(location)
+        if match:
+            wanted.add(int(match.group(2)))
+    found = set()
+    for shard in range(1, _shard_count(cfg) + 1):
+        with psycopg.connect(cfg.shard_url(shard), connect_timeout=5) as conn:
+            rows = conn.execute("SELECT id FROM api_post WHERE id = ANY(%s)", (list(wanted),)).fetchall()
+        found.update(r[0] for r in rows)
+    return sorted(wanted - found)
+
+
+def _shard_count(cfg) -> int:
+    status = launcher.status(cfg) or {}
+    running = ((status.get("data_nodes") or {}).get("running") or {})
+    return int(running.get("shard_groups") or 1)
+
+
+def _chaos(cfg, action: str, role: str) -> None:
+    code, answer = launcher.chaos(cfg, action, role)
+    if code != 200:
+        raise RuntimeError(f"chaos {action} {role}: {answer}")
+
+
+def _events(cfg) -> list[dict]:
+    return launcher._get(cfg, "/events")["events"]
+
+
+def _at(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
+def row(o: Outcome, command: str) -> str:
+    """One line of the fault table in docs/reliability.md."""
+    errors = ", ".join(f"{n} × {code}" for code, n in sorted(o.errors.items())) or "none"
+    window = (f"{o.outage_s:.2f} s ({o.first_failure_s - o.fault_at_s:+.2f} s to "
+              f"{o.last_failure_s - o.fault_at_s:+.2f} s from the fault)" if o.first_failure_s is not None else "no failure")
+    if o.probes:
+        errors += "; while down: " + ", ".join(f"{label} {status} in {ms:g} ms" for label, (status, ms) in o.probes.items())
+    return (f"| {o.scenario}{' (' + o.replication + ')' if o.scenario == 'primary' else ''} | {o.rate:g} req/s × "
+            f"{o.duration_s:g} s, fault at {o.fault_at_s:g} s | {o.failed:,} of {o.requests:,} ({errors}); reads "
+            f"{o.failed_reads()}, writes {o.failed_writes()} | {window} | {o.writes_lost} of "
+            f"{o.acknowledged_writes:,} | {o.availability:.4%} | {o.budget_burned:,.1f}× | `{command}` |")
+
+
+def timeline(o: Outcome) -> list[str]:
+    """The controller events of the run, as offsets from the first one."""
+    if not o.events:
+        return []
+    t0 = o.events[0]["ts"]
+    keep = collections.OrderedDict()
+    for e in o.events:
+        if e["event"] in ("topology_progress", "monitor_failed"):
+            continue
+        keep[len(keep)] = f"+{e['ts'] - t0:.2f}s {e['event']} {e.get('name', '')}".rstrip()
+    return list(keep.values())
