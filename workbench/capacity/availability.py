@@ -5,9 +5,9 @@ servers left running can carry the load, and, for the requests that need the dat
 answers. The tiers are taken as independent, so the availabilities multiply:
 
 - a pool of n nodes that needs k of them up: P(at least k of n up), binomial, each node up with
-  probability a (node_availability);
-- a shard's primary: each failure (failures a year = (1 - a) x hours in a year / repair time)
-  stops the shard's writes for the failover time; its reads go on while any replica is up;
+  probability a = 1 - node_failures_a_year x node_repair_h / hours in a year;
+- a shard's primary: each of its failures stops the shard's writes for the failover time; its
+  reads go on while any replica is up;
 - the cache: a node lost is a failover of cache_failover_s, during which its keys are read from
   the database (this API falls back, X-Cache: down); counted as degraded, not as an outage, but
   the database must carry those misses (the fleet's max_util leaves that room only partly);
@@ -47,15 +47,12 @@ def at_least(k: int, n: int, a: float) -> float:
     return max(0.0, 1.0 - down)
 
 
-def failures_a_year(a: float, repair_h: float) -> float:
-    return (1 - a) * HOURS_A_YEAR / repair_h
-
-
 def design(fleet: dict, p: dict) -> dict:
     """Availability of a sized fleet (fleet.size) with parameters `p` (parameters.toml [capacity],
     editable): one row per component, then the whole design, against 99.99%."""
     d = fleet["design"]
-    a = p["node_availability"]
+    fails = p["node_failures_a_year"]
+    a = 1 - fails * p["node_repair_h"] / HOURS_A_YEAR
     r, regions = d["read_ratio"], d["regions"]
     rows = []
     tiers = {t["name"]: t for t in fleet["tiers"]}
@@ -65,13 +62,12 @@ def design(fleet: dict, p: dict) -> dict:
         need = max(1, math.ceil(t["nodes"] * t["utilisation"] / 0.95))
         rows.append({"component": name, "availability": at_least(need, t["nodes"], a),
                      "how": f"{need} of {t['nodes']} nodes per region must be up"})
-    fails = failures_a_year(a, p["node_repair_h"])
     primary_down = fails * p["db_failover_s"] / SECONDS_A_YEAR
     replicas = fleet["replicas_per_shard"]
     replica_down = (1 - a) ** replicas if replicas else primary_down
     writes, read_misses = 1 - r, r * (1 - d["cache_hit"])
     rows.append({"component": "database shard", "availability": 1 - writes * primary_down - read_misses * replica_down,
-                 "how": f"primary failover {p['db_failover_s']:g} s x {fails:.1f} failures a year for writes "
+                 "how": f"primary failover {p['db_failover_s']:g} s x {fails:g} failures a year for writes "
                         f"({writes:.0%} of requests); reads that miss need 1 of {replicas} replicas"})
     if d["cache_hit"] > 0:
         rows.append({"component": "cache", "availability": 1.0,

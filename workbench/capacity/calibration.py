@@ -222,6 +222,7 @@ def cpu_fit(windows: list[dict], resamples: int = 400, seed: int = 1) -> dict | 
     import random
     if len({w["rate"] for w in windows}) < 2:
         return None
+    windows = [{**w, "cores": {**w["cores"], "total": sum(w["cores"].values())}} for w in windows]
     tiers = sorted({t for w in windows for t in w["cores"]})
     rng = random.Random(seed)
 

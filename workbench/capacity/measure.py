@@ -139,3 +139,28 @@ def calibrate_live(cfg, workloads: list[dict], label: str = "capacity calibratio
     cal = calibration.calibrate(results, records, cpu, source="measured")
     cal["idle_cores"] = {r["id"]: cpu[r["id"]]["idle_cores"] for r in results}
     return cal
+
+
+def cache_probe(cfg, commands: int = 2000) -> dict:
+    """The cache round trip and Valkey's CPU per command: `commands` GETs of one key, one at a time,
+    against the cache Valkey (cfg.cache_url), timed at the client; the server's CPU
+    from its process. A probe of the engine alone, no load generator."""
+    import redis
+    state = launcher.status(cfg) or {}
+    proc = next((p for p in state.get("processes", []) if tier_of(p) == "cache"), None)
+    client = redis.Redis.from_url(cfg.cache_url, socket_timeout=2)
+    server = psutil.Process(proc["pid"]) if proc else None
+    try:
+        client.set("workbench:capacity:probe", "x" * 300)
+        before = _tree_seconds(server) if server else None
+        times = []
+        for _ in range(commands):
+            t = time.perf_counter()
+            client.get("workbench:capacity:probe")
+            times.append((time.perf_counter() - t) * 1000)
+        used = (_tree_seconds(server) - before) if server else None
+        client.delete("workbench:capacity:probe")
+    finally:
+        client.close()
+    return {"rtt_ms": calibration._d(calibration.Spread.of(times)), "commands": commands,
+            "cpu_ms_per_op": round(used * 1000 / commands, 5) if used is not None else None}
