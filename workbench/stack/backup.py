@@ -29,9 +29,10 @@ from pathlib import Path
 
 import psutil
 import psycopg
+import redis
 
 from api.routing import shards
-from workbench import parameters
+from workbench import parameters, topology
 
 from . import archive, binaries, config, launcher, ports, postgres
 from .process import ProcessSpec, Supervised, alive, as_user, stop_tree
@@ -152,7 +153,7 @@ def take(cfg: config.StackConfig, out=print, keep: int | None = None) -> dict:
         _own(archive.wal_dir(cfg.data_dir, node.lineage))  # archiving of this lineage starts now
     _own(directory)
     bindir = binaries.postgres_bin_dir()
-    manifest = {"id": backup_id, "started": started.isoformat(), "nodes": {}}
+    manifest = {"id": backup_id, "started": started.isoformat(), "placement": _placement(cfg), "nodes": {}}
     for node in nodes:
         t0 = time.monotonic()
         info = psycopg.conninfo.conninfo_to_dict(node.url)
@@ -177,6 +178,16 @@ def take(cfg: config.StackConfig, out=print, keep: int | None = None) -> dict:
     out(f"backup {backup_id} in {directory} ({(_now() - started).total_seconds():.1f}s)")
     prune(cfg, keep if keep is not None else parameters.load().get("backup", {}).get("keep", 2), out=out)
     return manifest
+
+
+def _placement(cfg: config.StackConfig) -> dict | None:
+    """Shard count and strategy at backup time (the topology, kept in the state Valkey, is not
+    restored: a restore in place must run under the same placement)."""
+    try:
+        t = topology.Store(redis.Redis.from_url(cfg.state_url, socket_timeout=2)).read().topology
+        return {"shards": t.shards, "sharding": t.sharding}
+    except redis.RedisError:
+        return None
 
 
 def barrier(nodes: list[Node], point: str) -> dict:
@@ -366,6 +377,12 @@ def restore(cfg: config.StackConfig, *, point: str | None = None, moment: dt.dat
     manifest, target = choose(cfg, point, moment, to_end)
     if in_place:
         stack_is_down(cfg)
+        newer = [p.name for p in sorted((cfg.data_dir / "pg").glob("shard-*")) if archive.lineage(p.name) == p.name
+                 and p.name not in manifest["nodes"]]
+        if newer:
+            raise BackupError(f"{', '.join(newer)} exist now but not in backup {manifest['id']} (of "
+                              f"{', '.join(manifest['nodes'])}): restored in place, the others would not know "
+                              "their users. Reshard back to the backup's shard count first, or restore as a drill")
     else:
         discard_drill(cfg)
         try:

@@ -57,6 +57,11 @@ class Command(BaseCommand):
             tables = sum(len(t) for t in result.tables.values())
             self.stdout.write(f"  every table ({tables}) matches the row count and checksum taken at the point")
         if in_place:
+            placement = result.manifest.get("placement")
+            if placement:
+                self.stdout.write(f"  the backup was taken with shards={placement['shards']} sharding="
+                                  f"{placement['sharding']}: the stack must run that placement (the topology lives "
+                                  "in the state Valkey, which a restore does not touch)")
             self.stdout.write("start the stack with `python manage.py up`: it copies new replicas from the restored "
                               "primaries")
         elif keep_running:
