@@ -35,6 +35,15 @@ class StackClient:
         except (requests.RequestException, ValueError, KeyError):
             return []
 
+    def chaos(self, action: str, role: str | None = None, **extra) -> dict:
+        """A chaos action through the controller (workbench/stack/chaos.py); {"error", "field"} when
+        it was refused or the controller did not answer."""
+        from workbench.stack import launcher
+        try:
+            return launcher.chaos(self.cfg, action, role, **extra)[1]
+        except (requests.RequestException, ValueError) as exc:
+            return {"error": f"the controller did not answer: {exc}", "field": None}
+
     def topology(self) -> dict:
         """The admin topology API through Caddy, with the controller token: the stored topology, the
         changes still pending and the controller's progress; {"error": ...} when it cannot be read."""

@@ -14,12 +14,13 @@ from lessons import data_nodes, loadbalancing
 from lessons.client import StackClient
 from lessons.data_nodes import DASH
 from lessons.pages.stack_status import UNREACHABLE
+from workbench.stack import launcher
 from conftest import free_port_base
 
 APP = Path(__file__).resolve().parents[1] / "lessons" / "app.py"
 METRICS = ["Processes healthy", "Phase", "GET /api/v1/users (measured now)", "Answered by",
            "Policy (Caddy runs)", "App servers", "Autoscaler", "HTTPS",
-           "Replicas running", "Replication", "Strategy", "Shards", "Shards running",
+           "Replicas running", "Replication", "Held down", "Slowed", "Automatic failover", "Strategy", "Shards", "Shards running",
            "Application cache", "Invalidation", "L1", "Query cache",
            "Queued, not yet flushed", "Oldest waiting (s)", "State Valkey fsync", "Flusher",
            "Read model", "Documents", "Outbox pending", "Oldest pending", "Staleness p95",
@@ -82,6 +83,28 @@ def test_status_page_renders_the_live_stack(stack, stack_config, controller):
     for p in procs:
         assert shown.loc[p["name"], "health"] == ("healthy" if p["healthy"] else "DOWN"), p
         assert shown.loc[p["name"], "role"] == p["role"]
+
+
+def test_the_chaos_form_slows_a_node_and_the_timeline_shows_it(stack, stack_config, controller):
+    at = run_page()
+    at.selectbox(key="chaos_role").set_value("primary")
+    at.selectbox(key="chaos_action").set_value("slow")
+    at.number_input(key="chaos_ms").set_value(150)
+    next(b for b in at.button if b.label == "Inject").click()
+    at.run()
+    try:
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert any("action=slow" in s.value and "ms=150" in s.value for s in at.success), [s.value for s in at.success]
+        assert controller.status()["chaos"]["slow_ms"] == {"primary": 150}
+        at.run()  # the next refresh shows it in the state and on the timeline
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["Slowed"] == "primary +150 ms"
+        timeline = next(df.value for df in at.dataframe if "event" in df.value.columns
+                        and (df.value["event"] == "chaos_slow").any())
+        assert "ms=150" in timeline[timeline["event"] == "chaos_slow"].iloc[-1]["details"]
+    finally:
+        launcher.chaos(stack_config, "slow", "primary", ms=0)
+    assert controller.status()["chaos"]["slow_ms"] == {}
 
 
 def test_status_page_explains_an_unreachable_controller(monkeypatch, tmp_path):

@@ -29,6 +29,7 @@ def run(stack_config, name: str, **kw) -> faults.Outcome:
     print(faults.row(outcome, name), *faults.timeline(outcome), sep="\n")
     assert outcome.requests >= RATE * DURATION * 0.95, "the load ran"
     assert outcome.acknowledged_writes > 0, "writes were made and acknowledged"
+    assert outcome.recovery_s is not None, f"no {outcome.recovered} event after the fault"
     return outcome
 
 

@@ -2,7 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from lessons import caching, data_nodes, debugging, loadbalancing, ratelimit, readmodel, sharding, tracing
+from lessons import (caching, data_nodes, debugging, loadbalancing, ratelimit, readmodel, reliability, sharding,
+                     tracing)
 from lessons.client import StackClient
 from workbench import parameters
 
@@ -135,6 +136,7 @@ def render():
     events = client.events()
     loadbalancing.render(state, topo, events, _events_table)
     _data_nodes(state.get("data_nodes"), topo)
+    reliability.render(client, state, topo, events, _events_table)  # chaos controls, failover, the fault timeline
     sharding.render(client.shards())
     caching.render(client.cache())
     readmodel.render(client.readmodel())

@@ -44,25 +44,33 @@ class Scenario:
     target: str = ""               # what the issue asks of it
     # Single requests sent once while the fault holds (1 s after it): what works and what does not.
     probes: tuple = ()
+    # The controller event (and process name) that marks it recovered: the recovery time runs from
+    # the chaos event to it.
+    recovered: tuple = ("restarted", None)
 
 
 SCENARIOS = {
     "replica": Scenario("replica", "replica-1 SIGKILLed (restarted by supervision)", {"replicas": 2},
-                        ("kill", "replica-1"), target="zero failed reads: a read retries on another node"),
+                        ("kill", "replica-1"), target="zero failed reads: a read retries on another node",
+                        recovered=("replica_back_in_rotation", "replica-1")),
     "cache-node": Scenario("cache-node", "the cache Valkey SIGKILLed", {"cache": {"mode": "cache-aside"}},
-                           ("kill", "valkey-cache"), target="zero 5xx: reads fall through to the database"),
+                           ("kill", "valkey-cache"), target="zero 5xx: reads fall through to the database",
+                           recovered=("restarted", "valkey-cache")),
     "app-server": Scenario("app-server", "app-2 SIGKILLed", {"app_servers": 2}, ("kill", "app-2"),
-                           target="failures only within Caddy's health interval, none after"),
+                           target="failures only within Caddy's health interval, none after",
+                           recovered=("restarted", "app-2")),
     "primary": Scenario("primary", "the primary SIGKILLed and held down; automatic failover after 2 s",
                         {"replicas": 2, "failover": {"auto": True, "grace_s": 2}}, ("stop", "primary"),
-                        target="reads continue; writes 503 until the failover; zero lost with sync replication"),
+                        target="reads continue; writes 503 until the failover; zero lost with sync replication",
+                        recovered=("failover_done", None)),
     "meta": Scenario("meta", "meta SIGKILLed and held down for 3 s, then started", {}, ("stop", "meta"),
                      recover=("start", "meta"),
                      probes=(("sign-up", "POST", "/api/v1/users",
                               {"username": "probe_{n}", "email": "probe_{n}@example.org", "password": "a long secret"}),
                              ("sign-in", "POST", "/api/v1/auth/token", {"username": "nobody_{n}", "password": "wrong"}),
                              ("read a user", "GET", "/api/v1/users/{user}", None)),
-                     target="shows what needs meta (sign-in, sign-up, the directory) and what does not"),
+                     target="shows what needs meta (sign-in, sign-up, the directory) and what does not",
+                     recovered=("restarted", "pg-meta")),
 }
 
 
@@ -99,6 +107,17 @@ class Outcome:
     def budget_burned(self) -> float:
         """The share of a 99.99% error budget this run's failures used (1.0: all of it)."""
         return (1 - self.availability) / (1 - SLO_AVAILABILITY)
+
+    recovered: tuple = ("restarted", None)
+
+    @property
+    def recovery_s(self) -> float | None:
+        """From the chaos event to the scenario's recovery event, by the controller's clock."""
+        fault = next((e for e in self.events if e["event"].startswith("chaos_")), None)
+        event, name = self.recovered
+        done = next((e for e in self.events if fault and e["ts"] >= fault["ts"] and e["event"] == event
+                     and (name is None or e.get("name") == name)), None)
+        return round(done["ts"] - fault["ts"], 2) if done else None
 
     @property
     def outage_s(self) -> float:
@@ -155,7 +174,8 @@ def run(cfg: config.StackConfig, scenario: Scenario, *, rate: float = 50, durati
         failed_by_kind=dict(rec.failed_by_kind), by_kind=dict(rec.by_kind),
         first_failure_s=failed_at[0] if failed_at else None, last_failure_s=failed_at[-1] if failed_at else None,
         acknowledged_writes=len(rec.created), writes_lost=len(lost), lost_ids=lost[:20],
-        events=_events(cfg)[events_before:], valid=summary["valid"], probes=box.get("probes", {}))
+        events=_events(cfg)[events_before:], valid=summary["valid"], probes=box.get("probes", {}),
+        recovered=scenario.recovered)
 
 
 def probe(cfg: config.StackConfig, probes: tuple, user: int) -> dict:
@@ -213,11 +233,12 @@ def row(o: Outcome, command: str) -> str:
     errors = ", ".join(f"{n} × {code}" for code, n in sorted(o.errors.items())) or "none"
     window = (f"{o.outage_s:.2f} s ({o.first_failure_s - o.fault_at_s:+.2f} s to "
               f"{o.last_failure_s - o.fault_at_s:+.2f} s from the fault)" if o.first_failure_s is not None else "no failure")
+    recovery = f"{o.recovery_s:.2f} s ({o.recovered[0]})" if o.recovery_s is not None else "not seen"
     if o.probes:
         errors += "; while down: " + ", ".join(f"{label} {status} in {ms:g} ms" for label, (status, ms) in o.probes.items())
     return (f"| {o.scenario}{' (' + o.replication + ')' if o.scenario == 'primary' else ''} | {o.rate:g} req/s × "
             f"{o.duration_s:g} s, fault at {o.fault_at_s:g} s | {o.failed:,} of {o.requests:,} ({errors}); reads "
-            f"{o.failed_reads()}, writes {o.failed_writes()} | {window} | {o.writes_lost} of "
+            f"{o.failed_reads()}, writes {o.failed_writes()} | {window} | {recovery} | {o.writes_lost} of "
             f"{o.acknowledged_writes:,} | {o.availability:.4%} | {o.budget_burned:,.1f}× | `{command}` |")
 
 

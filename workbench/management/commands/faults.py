@@ -18,8 +18,9 @@ from workbench.loadgen.runs import machine
 from workbench.stack import config, launcher
 
 RELIABILITY_DOC = config.PROJECT_DIR / "docs" / "reliability.md"
-HEADER = ("| fault | load | failed requests | outage window (first to last failure) | writes lost "
-          "(of acknowledged) | availability | 99.99% budget burned | command |\n|---|---|---|---|---|---|---|---|")
+HEADER = ("| fault | load | failed requests | outage window (first to last failure) | recovered after | "
+          "writes lost (of acknowledged) | availability | 99.99% budget burned | command |\n"
+          "|---|---|---|---|---|---|---|---|---|")
 
 
 class Command(BaseCommand):
