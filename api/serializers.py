@@ -18,6 +18,12 @@ class StrictSerializer(serializers.Serializer):
                     errors[name] = [self.fixed_fields[name]]
                 else:
                     errors[name] = ["This field is read-only." if name in self.fields else "Unknown field."]
+            # DRF's CharField would store a JSON number as its text (5 -> "5", 1e999 -> "inf"); the
+            # schema says string, so a number is refused like a list or an object.
+            for name in sorted(writable & set(data)):
+                if isinstance(self.fields[name], serializers.CharField) and isinstance(data[name], (int, float)) \
+                        and not isinstance(data[name], bool):
+                    errors[name] = ["Not a valid string."]
         try:
             value = super().to_internal_value(data)
         except serializers.ValidationError as exc:

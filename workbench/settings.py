@@ -248,7 +248,10 @@ SPECTACULAR_SETTINGS = {
                              "api.gateway.openapi.document_rate_limits",
                              "api.gateway.openapi.document_auth",
                              "api.gateway.openapi.document_errors",
-                             "api.views.v2.document_v1_lifecycle"],
+                             "api.views.v2.document_v1_lifecycle",
+                             # The envelope, sign-up's retry, the profile view, links: as answered.
+                             "api.gateway.openapi_contract.document_envelope",
+                             "api.gateway.openapi_contract.document_links"],
 }
 
 # One structlog JSON line per request (api/logs.py), a file per app server under the data dir's logs/

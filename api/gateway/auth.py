@@ -13,7 +13,8 @@ load-balancer lesson's stateless servers). The price: a token stays valid until 
 15 minutes after its account is deleted or demoted (the refresh is where that is caught).
 
 The decoder accepts HS256 only, so an unsigned token (`alg: none`) or one signed with another
-algorithm is refused like a tampered or expired one: 401 problem+json with
+algorithm is refused like a tampered or expired one, and so is one naming an audience or an issuer
+(`aud`, `iss`: ours carry neither): 401 problem+json with
 `WWW-Authenticate: Bearer error="invalid_token"`. A bad token is refused on every route, even
 where no token is needed: a client that sent credentials must learn they are wrong.
 
@@ -130,6 +131,10 @@ def principal_of(authorization: str) -> Principal | None:
         user_id, role, scope = int(token["user_id"]), token.get("role", "member"), token.get("scope")
     except (TokenError, KeyError, ValueError, TypeError) as exc:
         raise Refused(f"The token was refused: {exc}.") from exc
+    if "aud" in token.payload or "iss" in token.payload:
+        # Ours carry neither, and the decoder checks neither (none is configured): a token that names
+        # an audience or an issuer was made for, or by, something else that holds the same key.
+        raise Refused("The token names an audience or an issuer; this API's tokens carry neither.")
     if role not in ROLES:
         raise Refused("The token names no known role.")
     if scope is None:

@@ -5,7 +5,9 @@ type (415). What this parser refuses, each a 400 problem+json naming the field, 
 
 - bytes that are not UTF-8 (RFC 8259 section 8.1), a UTF-8 byte order mark included (RFC 8259
   lets a parser refuse it; nothing here sends one);
-- anything that is not JSON: trailing data, `NaN`, `Infinity`;
+- anything that is not JSON: trailing data, `NaN`, `Infinity`, a number too large for a double
+  (`1e999`, which Python would read as Infinity), an integer of more than 4,300 digits (Python's
+  limit on converting one);
 - a top-level value that is not an object (an array, a string, a number, null);
 - nesting deeper than MAX_DEPTH. No route takes more than two levels (the topology); the limit
   bounds the work a body can make before any view sees it, and a body nested past the
@@ -22,6 +24,7 @@ lengths and NUL characters.
 """
 import itertools
 import json
+import math
 import re
 
 from rest_framework.exceptions import ParseError
@@ -69,7 +72,7 @@ class StrictJSONParser(JSONParser):
             return obj
 
         try:
-            data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=make_object)
+            data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite, object_pairs_hook=make_object)
         except RecursionError:
             raise BodyError(TOO_DEEP, kind="body-too-deep") from None
         except ValueError as exc:
@@ -152,3 +155,12 @@ def _json_type(value) -> str:
 
 def _reject_constant(name):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    """A number too large for a double (`1e999`) would become Infinity, which `_reject_constant`
+    refuses when written out."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
