@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+from workbench.loadgen.recorder import server_timing
+
 LOW_Q, HIGH_Q = 0.10, 0.90
 TIERS = ("lb", "app", "db", "cache", "state", "generator")
 KEEP_SAMPLES = 2000  # latency samples kept in a calibration for the machine model's convolution
@@ -88,20 +90,6 @@ def kind_of(method: str, uri: str) -> str | None:
         if m == method and pattern.search(uri):
             return kind
     return None
-
-
-def server_timing(value: str) -> dict[str, float]:
-    parts = {}
-    for item in value.split(","):
-        name, _, params = item.strip().partition(";")
-        for param in params.split(";"):
-            key, _, number = param.strip().partition("=")
-            if key == "dur" and name:
-                try:
-                    parts[name] = parts.get(name, 0.0) + float(number)
-                except ValueError:
-                    pass
-    return parts
 
 
 def access_records(lines, start_ts: float, end_ts: float) -> list[dict]:
@@ -301,6 +289,10 @@ def calibrate(results: list[dict], records_by_run: dict | None = None, cpu_by_ru
         cal["cpu_ms"] = _merge_cpu([c["cpu_ms"] for _, c in sampled])
         cal["background_cores"] = _merge_spread([c.get("background_cores") for _, c in sampled])
         cal["cpu_ms_by_class"] = _by_class(sampled)
+        busy = (cal["background_cores"] or {}).get("mean") or 0.0
+        if busy > 0.25 * (first["machine"]["cores"] or 1):
+            notes.append(f"other processes kept {busy:.2f} of {first['machine']['cores']} cores busy: the wall-time "
+                         "costs (db_ms, lb_ms, app_ms) include their contention; the CPU costs less so")
         fit = cpu_fit([w for _, c in sampled for w in c.get("windows", [])])
         if fit:
             cal["cpu_fit"] = fit

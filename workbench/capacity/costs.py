@@ -2,8 +2,8 @@
 defaults below when there is none.
 
 The defaults are one calibration measured on the dev stack (2 app servers, 1 PostgreSQL primary, no
-cache, loopback, the 2-core machine shared with other engineers), `python manage.py capacity
---measure`, 2026-11-28; docs/benchmarks.md "Capacity model" has it. A page or CLI that uses them
+cache, loopback, the 2-core machine shared with other engineers) by measure.calibrate_live, the
+learner's reads then writes, 2026-11-28 12:50 UTC; docs/benchmarks.md "Capacity model" has it. A page or CLI that uses them
 says "default costs", never "calibrated".
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ class Costs:
     db_cpu_ms_write: float = 1.38
     db_ms_read: float = 0.95          # time in the database per read (Server-Timing db, loopback trip included)
     db_ms_write: float = 2.20
-    lb_cpu_ms: float = 1.10           # Caddy CPU per request
+    lb_cpu_ms: float = 1.09           # Caddy CPU per request
     lb_ms: float = 0.41               # Caddy's duration minus the app server's time
     cache_rtt_ms: float = 0.48        # time in the cache per request that used it
     cache_cpu_ms_op: float = 0.02     # Valkey CPU per command (a GET, SET or DEL)

@@ -147,7 +147,7 @@ def _sample(q: MMc | None, rng: random.Random, service_ms: float) -> float:
     return wait + rng.expovariate(q.mu) * 1000
 
 
-def path_samples(d: Design, c: Costs, tiers: list[Tier], per_region: float, n: int = 20_000,
+def path_samples(d: Design, c: Costs, tiers: list[Tier], per_region: float, n: int = 8_000,
                  seed: int = 7) -> list[float]:
     """End-to-end response times (ms) of n sampled requests, inside one region."""
     rng = random.Random(seed)

@@ -96,14 +96,14 @@ class Sampler:
         self.samples.append(self.sample())
 
 
-def measured_run(cfg, workload: dict, label: str = "capacity calibration") -> tuple[dict, dict]:
+def measured_run(cfg, workload: dict, label: str = "capacity calibration", idle_s: float = IDLE_S) -> tuple[dict, dict]:
     """Run `workload` (open model) through the controller while sampling CPU. Returns the run's
     result and its CPU costs (calibration.cpu_costs)."""
     state = launcher.status(cfg)
     if not state:
         raise RuntimeError("the stack is not running: start it with `python manage.py up`")
     sampler = Sampler(state["processes"])
-    idle = sampler.idle()
+    idle = sampler.idle(idle_s)
     client = RunClient(cfg)
     with sampler:
         run_id = client.start({**workload, "mode": "open"}, label)
@@ -127,12 +127,12 @@ def measured_run(cfg, workload: dict, label: str = "capacity calibration") -> tu
     return run, cpu
 
 
-def calibrate_live(cfg, workloads: list[dict], label: str = "capacity calibration") -> dict:
+def calibrate_live(cfg, workloads: list[dict], label: str = "capacity calibration", idle_s: float = IDLE_S) -> dict:
     """One measured run per workload (e.g. the learner's reads, then their writes), then the
     calibration from all of them."""
     results, cpu, records = [], {}, {}
     for w in workloads:
-        run, costs = measured_run(cfg, w, label)
+        run, costs = measured_run(cfg, w, label, idle_s)
         results.append(run)
         cpu[run["id"]] = costs
         records[run["id"]] = calibration.read_access_log(cfg.log_dir, run)
