@@ -144,3 +144,22 @@ class Outbox(models.Model):
 
     class Meta:
         db_table = "rm_outbox"
+
+
+class Workspace(models.Model):
+    """A member's own work from the dashboard's interview pages, in `meta`: one JSON document per
+    account and kind (the Practice page's notes, the Clarify page's answers, the Estimate page's
+    assumptions). `version` goes up by one on every write, so a client that sends the version it
+    read cannot overwrite a change it has not seen (api/workspace.py). A workshop's learners
+    (issue 14) keep theirs here too, under their own accounts."""
+    KINDS = ("notes", "clarify", "estimate")
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="workspaces")
+    kind = models.CharField(max_length=16)
+    data = models.JSONField(default=dict)
+    version = models.IntegerField(default=0)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "meta_workspace"
+        constraints = [models.UniqueConstraint(fields=["account", "kind"], name="meta_workspace_account_kind")]

@@ -1,7 +1,7 @@
 from django.urls import path, register_converter
 
 from api.converters import Int64Converter
-from api.views import admin, auth, avatar, ratelimit, traces, v1
+from api.views import admin, auth, avatar, ratelimit, traces, v1, workspace
 
 register_converter(Int64Converter, "id64")
 
@@ -12,6 +12,7 @@ urlpatterns = [
     path("users/<id64:user_id>/posts", v1.PostListView.as_view()),
     path("users/<id64:user_id>/posts/<id64:post_id>", v1.PostDetailView.as_view()),
     path("search/posts", v1.PostSearchView.as_view()),
+    path("me/workspace/<str:kind>", workspace.WorkspaceView.as_view()),
     path("auth/token", auth.TokenView.as_view()),
     path("auth/token/refresh", auth.RefreshView.as_view()),
     path("admin/topology", admin.TopologyView.as_view()),

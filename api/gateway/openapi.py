@@ -4,6 +4,7 @@ ratelimit.py) and its 429 and 503 answers, on every operation it can limit (not 
 from __future__ import annotations
 
 import copy
+import re
 
 from .problems import PROBLEM_CONTENT_TYPE
 from .ratelimit import DRAFT, LIMITED_PATH, QUOTA_EXCEEDED
@@ -62,6 +63,9 @@ def document_rate_limits(result, generator, request, public):
 
 
 # --- authentication (api/gateway/auth.py, oauth.py) and authorization (rbac.py) ----------------------
+ME_PATH = re.compile(r"^/api/v[0-9]+/me/")
+
+
 def _security_schemes() -> dict:
     from oauth2_provider.settings import oauth2_settings
 
@@ -108,6 +112,11 @@ def document_auth(result, generator, request, public):
             elif method.upper() in WRITE_METHODS and OPEN_WRITES.match(path):
                 operation["security"] = [{}]  # sign-up and the token endpoints: anonymous
                 continue
+            elif ME_PATH.match(path):  # a member's own data (api/views/workspace.py): a token, even to read
+                scope = "write" if method.upper() in WRITE_METHODS else "read"
+                operation["security"] = [{"jwt": []}, {"oauth2": [scope]}]
+                forbidden = ("Forbidden: the operator's token (it belongs to no account), or an OAuth token whose "
+                             "scope is read-only, to write.")
             elif method.upper() in WRITE_METHODS:
                 operation["security"] = [{"jwt": []}, {"oauth2": ["write"]}]
                 forbidden = ("Forbidden: another user's data (a moderator may edit and delete any post, an "
