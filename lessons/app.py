@@ -7,11 +7,12 @@ import streamlit as st
 # `streamlit run lessons/app.py` puts lessons/ on the path, not the project root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lessons.pages import load_test, stack_status  # noqa: E402
+from lessons.pages import capacity, load_test, stack_status  # noqa: E402
 
 st.set_page_config(page_title="Scalable API Workbench", page_icon="🧪", layout="wide")
 page = st.navigation([
     st.Page(stack_status.render, title="Stack status", url_path="status", default=True),
     st.Page(load_test.render, title="Load test", url_path="load-test"),
+    st.Page(capacity.render, title="Capacity model", url_path="capacity"),
 ])
 page.run()

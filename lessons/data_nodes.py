@@ -31,9 +31,11 @@ def _order(item: tuple) -> tuple:
 def _health(name: str, node: dict) -> str:
     if _replica(name) and "state" not in node:  # only a counter left: it no longer runs
         return "not running"
-    if "healthy" in node and name != "meta":  # the primary, a running replica, PgBouncer
+    # The primary, a running replica, PgBouncer, and meta once the controller samples it (a report
+    # with only meta's counters says nothing of its health).
+    if "healthy" in node and (name != "meta" or "state" in node):
         return "healthy" if node["healthy"] else "DOWN"
-    return DASH  # meta: the controller counts its queries but does not sample it
+    return DASH
 
 
 def _shown(value, fmt: str = "{}") -> str:

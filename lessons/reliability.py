@@ -59,9 +59,9 @@ def render(client, state: dict, topo: dict, events: list[dict], events_table) ->
             _show(client.chaos("failover"))
 
     timeline = [e for e in events if e.get("event", "").startswith(FAULT_EVENTS)]
-    st.caption("Faults and recoveries, newest last (the controller's event log).")
+    st.caption("Faults and recoveries, newest first (the controller's event log).")
     if timeline:
-        st.dataframe(events_table(timeline[-30:]), hide_index=True, use_container_width=True)
+        st.dataframe(events_table(timeline[::-1][:30]), hide_index=True, use_container_width=True)
     else:
         st.caption("No fault or recovery since the stack started.")
 

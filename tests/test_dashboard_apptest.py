@@ -101,7 +101,7 @@ def test_the_chaos_form_slows_a_node_and_the_timeline_shows_it(stack, stack_conf
         assert metrics["Slowed"] == "primary +150 ms"
         timeline = next(df.value for df in at.dataframe if "event" in df.value.columns
                         and (df.value["event"] == "chaos_slow").any())
-        assert "ms=150" in timeline[timeline["event"] == "chaos_slow"].iloc[-1]["details"]
+        assert "ms=150" in timeline[timeline["event"] == "chaos_slow"].iloc[0]["details"]
     finally:
         launcher.chaos(stack_config, "slow", "primary", ms=0)
     assert controller.status()["chaos"]["slow_ms"] == {}

@@ -218,9 +218,9 @@ def _follow_restarts(report, candidates: list[str]) -> None:
 def follow_restart(alias: str, report=None) -> None:
     """A node with a new process (restarted after a crash, or retired and started again, as a
     reshard does with shards) leaves dead connections in this worker's pool: drop them before the
-    first query goes there. The controller's report carries each node's pid."""
+    first query goes there. The controller's report carries each node's pid (meta's too)."""
     report = report or nodes.current()
-    pid = report.nodes.get(alias, {}).get("pid")
+    pid = report.nodes.get(metric_name(alias), {}).get("pid")
     if pid is not None and _seen_pids.get(alias) != pid:
         if alias in _seen_pids:
             _purge(alias)

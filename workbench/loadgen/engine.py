@@ -71,6 +71,7 @@ async def open_loop(w: Workload, keys: Keys | None, send, recorder: Recorder, pa
     """Fire each request at its intended time whatever the previous ones are doing."""
     rng = random.Random(w.seed * 1000 + part)
     start = clock() + START_LEAD_S
+    recorder.started_at = time.time() + (start - clock())  # so faults can be placed on this timeline
     in_flight: set[asyncio.Task] = set()
 
     async def one(seq: int, second: int, intended: float, kind: str, method: str, path: str, body):

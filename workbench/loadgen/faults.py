@@ -88,6 +88,7 @@ class Outcome:
     errors: dict
     failed_by_kind: dict
     by_kind: dict
+    fault_s: float                 # when the chaos event happened, on the load's timeline
     first_failure_s: float | None
     last_failure_s: float | None
     acknowledged_writes: int
@@ -156,6 +157,7 @@ def run(cfg: config.StackConfig, scenario: Scenario, *, rate: float = 50, durati
     loader.start()
     try:
         _at(started + engine.START_LEAD_S + fault_at_s)
+        box["fault_ts"] = time.time()
         _chaos(cfg, *scenario.fault)
         fault_time = time.monotonic()
         if scenario.probes:
@@ -172,6 +174,7 @@ def run(cfg: config.StackConfig, scenario: Scenario, *, rate: float = 50, durati
     summary = rec.summary(duration_s)
     return Outcome(
         scenario=scenario.name, replication=replication, rate=rate, duration_s=duration_s, fault_at_s=fault_at_s,
+        fault_s=round(box["fault_ts"] - rec.started_at, 3) if rec.started_at else fault_at_s,
         requests=rec.ok + sum(rec.errors.values()), ok=rec.ok, errors=dict(rec.errors),
         failed_by_kind=dict(rec.failed_by_kind), by_kind=dict(rec.by_kind),
         first_failure_s=failed_at[0] if failed_at else None, last_failure_s=failed_at[-1] if failed_at else None,
@@ -240,8 +243,8 @@ def _at(moment: float) -> None:
 def row(o: Outcome, command: str) -> str:
     """One line of the fault table in docs/reliability.md."""
     errors = ", ".join(f"{n} × {code}" for code, n in sorted(o.errors.items())) or "none"
-    window = (f"{o.outage_s:.2f} s ({o.first_failure_s - o.fault_at_s:+.2f} s to "
-              f"{o.last_failure_s - o.fault_at_s:+.2f} s from the fault)" if o.first_failure_s is not None else "no failure")
+    window = (f"{o.outage_s:.2f} s ({o.first_failure_s - o.fault_s:+.2f} s to "
+              f"{o.last_failure_s - o.fault_s:+.2f} s from the fault)" if o.first_failure_s is not None else "no failure")
     recovery = f"{o.recovery_s:.2f} s ({o.recovered[0]})" if o.recovery_s is not None else "not seen"
     if o.probes:
         errors += "; while down: " + ", ".join(f"{label} {status} in {ms:g} ms" for label, (status, ms) in o.probes.items())

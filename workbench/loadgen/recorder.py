@@ -3,6 +3,7 @@ generator's own lag. Recorders from several processes merge into one."""
 from __future__ import annotations
 
 import collections
+import math
 
 from hdrh.histogram import HdrHistogram
 
@@ -70,6 +71,7 @@ class Recorder:
         self.failed_at: list[float] = []
         self.failed_by_kind = collections.Counter()
         self.created: list[str] = []
+        self.started_at: float | None = None  # wall-clock time (time.time()) of the schedule's zero
 
     def on_send(self, second: int, lag_us: int) -> None:
         self.sent += 1
@@ -121,6 +123,7 @@ class Recorder:
             "attribution": {h: dict(c) for h, c in self.attribution.items()},
             "timing_ms": dict(self.timing_ms), "timed": self.timed,
             "failed_at": self.failed_at, "failed_by_kind": dict(self.failed_by_kind), "created": self.created,
+            "started_at": self.started_at,
         }
 
     @classmethod
@@ -149,6 +152,8 @@ class Recorder:
             total.failed_at = sorted(total.failed_at + part.get("failed_at", []))[:MAX_FAILURE_TIMES]
             total.failed_by_kind.update(part.get("failed_by_kind", {}))
             total.created += part.get("created", [])
+            if part.get("started_at") is not None:
+                total.started_at = min(total.started_at or math.inf, part["started_at"])
         return total
 
     # --- reporting ----------------------------------------------------------------------------

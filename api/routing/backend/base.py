@@ -61,6 +61,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # The controller saw it down (a crash, `chaos stop`, a failover under way): fail at once
             # with a 503 rather than wait out the pool's timeout against a dead port.
             raise self.Database.OperationalError(f"{self.node} is down (the controller's node report)")
+        if self.alias == db.META:  # data nodes are followed by the router (db.on_shard, db.choose)
+            db.follow_restart(self.alias, report)
         self.via_pgbouncer = self.alias == db.PRIMARY and pgbouncer_ready()
         try:
             try:
