@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 
 import requests
 import requests.adapters
@@ -29,6 +30,19 @@ def record(category: str, **figures) -> None:
 class Plain(requests.Session):
     """A session without conftest's operator default: a request without Authorization goes anonymous."""
     request = _send
+
+
+def new_member(api_url: str, prefix: str) -> tuple[dict, dict]:
+    """A member signed up now, with a name unique to the run, and the Authorization header of a token
+    of its own (minted with the stack's key, as mint-tokens does)."""
+    from api.gateway import auth
+    name = f"{prefix}_{time.monotonic_ns() % 10**9}"
+    with Plain() as http:
+        response = http.post(f"{api_url}/users", json={"username": name, "email": f"{name}@example.org",
+                                                       "password": "correct-horse"}, timeout=30)
+    assert response.status_code == 201, response.text
+    user = response.json()["data"]
+    return user, {"Authorization": f"Bearer {auth.access_token(int(user['id']), 'member')}"}
 
 
 class _From(requests.adapters.HTTPAdapter):

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from api.gateway import auth
 from conftest import assert_problem
-from hostile import SOAK, Plain, record
+from hostile import SOAK, Plain, new_member, record
 
 HOSTILE_URL = "http://127.0.0.1:1/attacker"  # a key URL the server must never fetch
 
@@ -60,19 +60,14 @@ def session():
 
 @pytest.fixture(scope="module")
 def members(api_url, session):
-    """Alice and Bob, members, each with a post; Bob's token."""
+    """Alice and Bob, members, each with a post; their tokens."""
     made = {}
     for who in ("alice", "bob"):
-        name = f"ha_{who}_{time.monotonic_ns() % 10**9}"
-        user = session.post(f"{api_url}/users", json={"username": name, "email": f"{name}@example.org",
-                                                     "password": "correct-horse"}, timeout=30)
-        assert user.status_code == 201, user.text
-        uid = user.json()["data"]["id"]
-        token = auth.access_token(int(uid), "member")
-        post = session.post(f"{api_url}/users/{uid}/posts", json={"title": f"{who}'s", "body": "x"},
-                            headers=bearer(token), timeout=10)
+        user, token = new_member(api_url, f"ha_{who}")
+        post = session.post(f"{api_url}/users/{user['id']}/posts", json={"title": f"{who}'s", "body": "x"},
+                            headers=token, timeout=10)
         assert post.status_code == 201, post.text
-        made[who] = {"id": uid, "token": token, "post": post.json()["data"]["id"]}
+        made[who] = {"id": user["id"], "token": token["Authorization"].split()[1], "post": post.json()["data"]["id"]}
     return made
 
 

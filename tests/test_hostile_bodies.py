@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import wait_for
-from hostile import SOAK, Plain, record
+from hostile import SOAK, Plain, new_member, record
 from workbench.stack import caddy
 
 ROUNDS = 10 if SOAK else 2      # each body is sent this many times, all of them at once
@@ -58,12 +58,8 @@ def bodies() -> dict:
 
 @pytest.fixture(scope="module")
 def owner(api_url):
-    from api.gateway import auth
-    with Plain() as http:
-        name = f"hb_{time.monotonic_ns() % 10**9}"
-        user = http.post(f"{api_url}/users", json={"username": name, "email": f"{name}@example.org",
-                                                   "password": "correct-horse"}, timeout=30).json()["data"]
-    return user["id"], {"Authorization": f"Bearer {auth.access_token(int(user['id']), 'member')}"}
+    user, token = new_member(api_url, "hb")
+    return user["id"], token
 
 
 def send(url: str, name: str, raw, headers: dict) -> tuple:

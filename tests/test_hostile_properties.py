@@ -6,7 +6,6 @@ through Caddy, fewer examples since each is a request: never a 5xx, a refusal is
 the parameter, a time range returns only posts inside it, and a post written is read back as sent."""
 import base64
 import json
-import time
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
@@ -17,7 +16,7 @@ from api.gateway.errors import FieldError
 from api.gateway.parsers import MAX_DEPTH, BodyError, StrictJSONParser
 from api.pagination import decode_cursor, encode_cursor, parse_time
 from api.routing.ids import MAX_ID
-from hostile import SOAK, Plain, record
+from hostile import SOAK, Plain, new_member, record
 
 PURE = settings(max_examples=2000 if SOAK else 300, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
@@ -123,12 +122,8 @@ def test_nesting_past_the_limit_is_refused_naming_the_field(depth, opening, fiel
 @pytest.fixture(scope="module")
 def author(api_url):
     """A member with posts spread over time (created_at is the insert time: a few ms apart)."""
-    from api.gateway import auth
+    user, token = new_member(api_url, "hp")
     with Plain() as http:
-        name = f"hp_{time.monotonic_ns() % 10**9}"
-        user = http.post(f"{api_url}/users", json={"username": name, "email": f"{name}@example.org",
-                                                   "password": "correct-horse"}, timeout=30).json()["data"]
-        token = {"Authorization": f"Bearer {auth.access_token(int(user['id']), 'member')}"}
         posts = [http.post(f"{api_url}/users/{user['id']}/posts", json={"title": f"p{i}"}, headers=token,
                            timeout=10).json()["data"] for i in range(6)]
     return user["id"], token, posts

@@ -25,6 +25,9 @@ its table (medians; ratios to the suite's first row) into docs/benchmarks.md.
   observability  metrics and tracing off vs on (default sampling) vs every request traced
   spike        a traffic spike (2 x the measured capacity C, 10x the normal 0.2 x C) with load shedding
                off vs on: admitted p95, share shed, generator lag (workbench/loadgen/spike.py)
+  flood        a volumetric flood from many loopback addresses against the per-IP rate limit: the normal
+               traffic's admitted p95 with and without it, against the A/A noise band
+               (workbench/loadgen/floodbench.py)
 
 A case may name a placement (`sharding`, `shards`): those change only by resharding, so the
 suite reshards in-process (api/routing/reshard.py, what `manage.py reshard` runs) before it
@@ -39,7 +42,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from api.routing import reshard, shards as shard_names
 from workbench import parameters, topology
-from workbench.loadgen import hashmoves, spike
+from workbench.loadgen import floodbench, hashmoves, spike
 from workbench.loadgen.client import RunClient, RunError, TopologyClient, TopologyError
 from workbench.loadgen.report import (BENCHMARKS_DOC, add_bench_arguments, cpu_mean, median as _median, new_row,
                                       record_pair, shard_shares, write_doc_block)
@@ -167,6 +170,8 @@ def suites(strategy: str = "hash") -> dict:
                  L1_READS, [(f"lb_policy={name}", {"lb_policy": name, "cache": L1_CACHE})
                             for name in ("round_robin", "least_conn", "header", "uri")]),
         "spike": ("Load shedding: a traffic spike", spike.WHAT, spike.WORKLOAD, list(spike.CASES)),
+        "flood": ("Hostile input: a volumetric flood against the rate limiter", floodbench.what(),
+                  floodbench.WORKLOAD, [(label, {}) for label in floodbench.CASES]),
         "ratelimit": ("Rate limiting: the limiter's added latency",
                       "GET /users/{id} over a hot set of 200 users (uniform), reads only, 0 replicas, cache-aside "
                       "(nearly every read a hit, so the limiter's share of each request shows), emulation off, "
@@ -240,6 +245,8 @@ class Command(BaseCommand):
                           f"{o['connections']} connections and open {o['rate']:g} req/s, {o['duration']:g} s each")
         if o["suite"] == "spike":
             return self.spike(cfg, runs, topo, o, heading, what)
+        if o["suite"] == "flood":
+            return self.flood(cfg, runs, topo, o, heading, what)
         table = {label: new_row() for label, *_ in cases}
         self.reshards: list[dict] = []
         try:
@@ -319,6 +326,18 @@ class Command(BaseCommand):
         except (RunError, TopologyError) as exc:
             raise CommandError(str(exc)) from None
         text = spike.render(_preamble(cfg, o, what)[:2], table, budget, _provenance(table))
+        self.stdout.write(text)
+        if not o["no_write"]:
+            write_doc_block(f"bench-{o['suite']}", text, heading)
+            self.stdout.write(f"written to {BENCHMARKS_DOC}")
+
+    def flood(self, cfg, runs: RunClient, topo: TopologyClient, o: dict, heading: str, what: str) -> None:
+        try:
+            result = floodbench.run(runs, topo, o, self.stdout.write, cfg.api_url)
+        except (RunError, TopologyError) as exc:
+            raise CommandError(str(exc)) from None
+        table = result["table"]
+        text = floodbench.render(_preamble(cfg, o, what)[:2], result, _provenance(table))
         self.stdout.write(text)
         if not o["no_write"]:
             write_doc_block(f"bench-{o['suite']}", text, heading)
