@@ -2,11 +2,23 @@
 controller's API for process status, and the public API through Caddy like any other client."""
 from __future__ import annotations
 
+import json
 import time
 
 import requests
 
 from workbench.stack import config
+
+DEMO_ADMIN = "admin"  # workbench/management/commands/demo_accounts.py
+
+
+class ApiError(RuntimeError):
+    """A call that failed, said as what failed and how to fix it (for the page to show as it is).
+    `status` is the HTTP status (0 when nothing answered), `field` the field the API named."""
+
+    def __init__(self, message: str, status: int = 0, field: str | None = None):
+        super().__init__(message)
+        self.status, self.field = status, field
 
 
 class StackClient:
@@ -89,3 +101,102 @@ class StackClient:
             return self.session.get(self.cfg.api_url + "/readyz", timeout=5).json()
         except (requests.RequestException, ValueError) as exc:
             return {"status": "unreachable", "detail": str(exc)}
+
+    # --- saved load-test runs (the controller's GET /runs, GET /runs/{id}) -------------------------
+    def runs(self) -> list[dict]:
+        """The saved runs in brief, newest first. Raises ApiError."""
+        return self._runs(lambda c: c.list()["runs"])
+
+    def run(self, run_id: str) -> dict:
+        """One saved run's result, as the controller saved it. Raises ApiError."""
+        return self._runs(lambda c: c.get(run_id))
+
+    def _runs(self, fn):
+        from workbench.loadgen.client import RunClient, RunError
+        try:
+            return fn(RunClient(self.cfg))
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise ApiError(f"The stack controller does not answer at `{self.cfg.controller_url}/runs` "
+                           f"({type(exc).__name__}). Start the workbench with `python manage.py up`, or check that "
+                           "WORKBENCH_PORT_BASE and WORKBENCH_DATA_DIR match the running stack.") from None
+        except RunError as exc:
+            hint = (f" Check the token in `{self.cfg.token_file}` (WORKBENCH_DATA_DIR)." if exc.status == 401 else "")
+            raise ApiError(f"The stack controller refused: {exc} (HTTP {exc.status}).{hint}", exc.status) from None
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            raise ApiError(f"The stack controller's answer could not be read: {type(exc).__name__}: {exc}.") from None
+
+    # --- signing in, and the signed-in member's own workspace (api/views/workspace.py) ------------
+    def demo_credentials(self, username: str = DEMO_ADMIN) -> tuple[str, str]:
+        """The demo account's username and password, as `up` saved them in the data directory."""
+        path = self.cfg.credentials_file
+        fix = (f"Start the stack with `python manage.py up` (it writes them), or run `python manage.py "
+               f"demo_accounts` with the same WORKBENCH_DATA_DIR; check that WORKBENCH_DATA_DIR "
+               f"({self.cfg.data_dir}) is the running stack's.")
+        try:
+            accounts = {a["username"]: a for a in json.loads(path.read_text())["accounts"]}
+            return username, accounts[username]["password"]
+        except FileNotFoundError:
+            raise ApiError(f"The dashboard signs in as the demo {username}, but `{path}`, where its password is "
+                           f"kept, does not exist. {fix}") from None
+        except PermissionError:
+            raise ApiError(f"The dashboard cannot read `{path}` (the demo passwords; owner-only): run it as the "
+                           "user that started the stack.") from None
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(f"`{path}` holds no password for the demo {username}. {fix}") from None
+
+    def sign_in(self, username: str, password: str) -> str:
+        """An access token for these credentials (POST /api/v1/auth/token)."""
+        url = self.cfg.api_url + "/api/v1/auth/token"
+        try:
+            response = self.session.post(url, json={"username": username, "password": password}, timeout=10)
+        except requests.RequestException as exc:
+            raise self._unreachable(url, exc) from None
+        if response.status_code == 200:
+            return response.json()["data"]["access"]
+        if response.status_code == 401:
+            raise ApiError(f"The API refused the password of `{username}` (401). For the demo accounts the password "
+                           f"in `{self.cfg.credentials_file}` no longer matches the stack's: run `python manage.py "
+                           "demo_accounts` to set a new one, then reload.", 401, "password")
+        raise self._failed("Signing in", response)
+
+    def sign_in_demo(self, username: str = DEMO_ADMIN) -> str:
+        return self.sign_in(*self.demo_credentials(username))
+
+    def workspace(self, kind: str, token: str) -> dict:
+        """The signed-in member's `kind` document: {kind, data, version, updated_at}."""
+        return self._me("GET", f"workspace/{kind}", token)
+
+    def save_workspace(self, kind: str, data: dict, token: str, version: int | None = None) -> dict:
+        """Save it; with `version` (the one read), refused with a 409 ApiError if it changed since."""
+        body = {"data": data} if version is None else {"data": data, "version": version}
+        return self._me("PUT", f"workspace/{kind}", token, body)
+
+    def _me(self, method: str, path: str, token: str, body: dict | None = None) -> dict:
+        url = f"{self.cfg.api_url}/api/v1/me/{path}"
+        try:
+            response = self.session.request(method, url, json=body, timeout=10,
+                                            headers={"Authorization": f"Bearer {token}"})
+        except requests.RequestException as exc:
+            raise self._unreachable(url, exc) from None
+        if response.status_code == 200:
+            return response.json()["data"]
+        what = "Reading your workspace" if method == "GET" else "Saving your workspace"
+        raise self._failed(what, response)
+
+    def _unreachable(self, url: str, exc: Exception) -> ApiError:
+        return ApiError(f"The API does not answer at `{url}` ({type(exc).__name__}). Start the workbench with "
+                        "`python manage.py up`, or check that WORKBENCH_PORT_BASE matches the running stack.")
+
+    @staticmethod
+    def _failed(what: str, response) -> ApiError:
+        """A problem+json answer in words: its detail, the field it names, and what to do."""
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {}
+        code = response.status_code
+        detail = problem.get("detail") or response.text[:200] or response.reason
+        hint = {401: " Reload the page to sign in again.",
+                429: f" Retry in {response.headers.get('Retry-After', 'a few')} s.",
+                503: " Check the stack with `python manage.py status`."}.get(code, "")
+        return ApiError(f"{what} failed: {detail} (HTTP {code}).{hint}", code, problem.get("field"))
