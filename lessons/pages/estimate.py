@@ -154,7 +154,7 @@ def render():
         st.error(f"Your saved answers could not be read; the seed's defaults are used. {exc}")
         own = {"data": {}}
     answers, ignored = interview.answers_from((clarify or {}).get("data"))
-    if clarify is not None and not clarify.get("version"):
+    if clarify is not None and not clarify.get("data"):
         st.info("No Clarify answers saved yet: these estimates use the seed's defaults. Answer the questions on the "
                 "Clarify page to make them yours.")
     elif clarify is not None:

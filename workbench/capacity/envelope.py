@@ -84,12 +84,11 @@ def human(value: float | None, unit: str = "") -> str:
         return "\u2014"
     if unit in COUNTED:
         return f"{value:,.0f} {unit}"
+    value = float(f"{value:.3g}")  # 999,999.99 is 1 M, not 1,000 k
     steps = ([(1e15, "P"), (TB, "T"), (GB, "G"), (1e6, "M"), (1e3, "k")] if unit in BYTE_UNITS
              else [(1e12, "tn"), (1e9, "bn"), (1e6, "M"), (1e3, "k")])
     size, prefix = next(((size, prefix) for size, prefix in steps if abs(value) >= size), (1, ""))
     number = f"{value / size:.3g}"
-    if "e" in number:  # .3g of 999.7 is 1e+03
-        number = f"{value / size:,.0f}"
     if unit in BYTE_UNITS:
         return f"{number} {prefix}{unit}"
     return " ".join(part for part in (number, prefix, unit) if part)
