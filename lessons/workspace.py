@@ -58,6 +58,15 @@ def load(client: StackClient, kind: str, *, fresh: bool = False) -> dict:
     return st.session_state[key]
 
 
+def load_or_say(client: StackClient, kind: str, failed: str) -> dict | None:
+    """The document, or None after showing `failed` and why (what to fix) as an error."""
+    try:
+        return load(client, kind)
+    except ApiError as exc:
+        st.error(f"{failed} {exc}")
+        return None
+
+
 def save(client: StackClient, kind: str, data: dict, *, overwrite: bool = False) -> dict:
     """Save `data` over the version this session read (`overwrite`: whatever is stored). Raises
     ApiError: a 409 when it changed since."""

@@ -117,11 +117,8 @@ def render():
     st.title("Clarify")
     st.caption(TEXT["intro"])
     client = StackClient()
-    document = None
-    try:
-        document = workspace.load(client, KIND)
-    except ApiError as exc:
-        st.error(f"Your saved answers could not be read; the form shows the seed's defaults and cannot save. {exc}")
+    document = workspace.load_or_say(client, KIND, "Your saved answers could not be read; the form shows the "
+                                                   "seed's defaults and cannot save.")
     if not st.session_state.get("cl_filled"):
         answers, ignored = interview.answers_from((document or {}).get("data"))
         _fill(answers)
@@ -131,10 +128,9 @@ def render():
                                            + ", ".join(interview.LABELS[n] for n in ignored) + ".")]
         st.session_state["cl_filled"] = True
 
-    messages = st.container()
     _form()
-    for kind, text in st.session_state.pop(MESSAGES, []):
-        getattr(messages, kind)(text)
+    for kind, text in st.session_state.pop(MESSAGES, []):  # under the form, by the button just pressed
+        getattr(st, kind)(text)
     if document is not None:
         st.caption(workspace.saved_note(workspace.load(client, KIND)))
     cols = st.columns([1, 1, 2])

@@ -7,6 +7,7 @@ banked before a pause, in session state; what it shows is computed from the cloc
 fragment redraws the clock each second without rerunning the rest of the page."""
 from __future__ import annotations
 
+import math
 import time
 
 import pandas as pd
@@ -80,7 +81,8 @@ def _clock_body() -> None:
     else:
         phase = phases[current]
         cols[1].metric("Phase", f"{current + 1} of {len(phases)}")
-        cols[2].metric("Left in this phase", interview.clock(phase["end_s"] - elapsed))
+        # Whole seconds that have not fully passed yet, so elapsed + left is the phase's end.
+        cols[2].metric("Left in this phase", interview.clock(math.ceil(phase["end_s"] - elapsed)))
         st.info(f"**Now: {phase['title']}** ({interview.clock(phase['start_s'])}-{interview.clock(phase['end_s'])}). "
                 f"{phase['prompt']}", icon=":material/timer:")
     st.progress(min(1.0, elapsed / total), text=f"{interview.clock(elapsed)} of {interview.clock(total)}")
@@ -151,11 +153,8 @@ def render():
                "phases, scaled to the length you pick, with notes for each. Your notes are saved through the API "
                f"in your workspace as {workspace.who()}, so they are there when you come back.")
     client = StackClient()
-    document = None
-    try:
-        document = workspace.load(client, KIND)
-    except ApiError as exc:
-        st.error(f"Your saved notes could not be read, so nothing you type here will be saved. {exc}")
+    document = workspace.load_or_say(client, KIND, "Your saved notes could not be read, so nothing you type here "
+                                                   "will be saved.")
     if not st.session_state.get("px_filled"):
         st.session_state.setdefault(MINUTES, interview.DEFAULT_MINUTES)
         if document:
