@@ -103,3 +103,13 @@ def test_a_deleted_accounts_workspace_goes_with_it(new_user, api_url):
     # The access token stays valid until it expires (api/gateway/auth.py); the workspace is gone all the same.
     assert requests.get(url, headers=a["headers"], timeout=10).json()["data"]["version"] == 0
     assert_problem(requests.put(url, json={"data": {}}, headers=a["headers"], timeout=10), 403, "Authorization")
+
+
+def test_the_schema_documents_the_workspace():
+    from drf_spectacular.generators import SchemaGenerator
+    item = SchemaGenerator().get_schema(request=None, public=True)["paths"]["/api/v1/me/workspace/{kind}"]
+    assert item["get"]["security"] == [{"jwt": []}, {"oauth2": ["read"]}]  # a token even to read
+    assert item["put"]["security"] == [{"jwt": []}, {"oauth2": ["write"]}]
+    assert {"200", "304", "401", "403", "404"} <= set(item["get"]["responses"])
+    assert {"200", "400", "401", "403", "404", "409", "413"} <= set(item["put"]["responses"])
+    assert set(item["get"]["parameters"][0]["schema"]["enum"]) == {"notes", "clarify", "estimate"}
