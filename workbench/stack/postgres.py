@@ -104,11 +104,32 @@ def spec(name: str, data_dir: Path, port: int, log_file: Path, settings: dict | 
         name=name, role="postgres", port=port, log_file=log_file,
         argv=[str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port), *extra],
         user=run_as(),
-        health=lambda: ping(url),
+        health=_health(url),
         # SIGINT is PostgreSQL's "fast" shutdown: roll back clients, checkpoint, exit.
         stop_signal=signal.SIGINT,
         stop_timeout=30.0,
     )
+
+
+def _health(url: str):
+    """`SELECT 1`, and once per start of the server, when it first answers out of recovery (a
+    primary, or a replica just promoted), a configuration reload. Why: the checkpointer plans its
+    sleep while recovery is still running and then leaves archive_timeout out of it, up to
+    checkpoint_timeout (5 min); the reload wakes it to plan again. Measured here after SIGKILL and
+    restart: no forced WAL switch within 100 s in 3 of 3 runs without it, at 60.5-61.3 s with it."""
+    seen = {"start": None}
+
+    def check() -> bool:
+        try:
+            with psycopg.connect(url, connect_timeout=1, autocommit=True) as conn:
+                start, recovering = conn.execute("SELECT pg_postmaster_start_time(), pg_is_in_recovery()").fetchone()
+                if not recovering and start != seen["start"]:
+                    conn.execute("SELECT pg_reload_conf()")
+                    seen["start"] = start
+            return True
+        except psycopg.Error:
+            return False
+    return check
 
 
 def ping(url: str) -> bool:

@@ -26,8 +26,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--rate", type=float, default=10.0, help="ledger commits per second (default 10)")
-        parser.add_argument("--seconds", type=float, default=75.0,
-                            help="writing time before the kill (default 75, over one archive_timeout)")
+        # The checkpointer forces a switch on its own cadence of archive_timeout, and a manual switch
+        # (this drill's own, below, or a backup's) puts its next one off by up to one more period:
+        # writing for 2.5 periods leaves the kill at an unplanned phase of that cadence.
+        parser.add_argument("--seconds", type=float, default=150.0,
+                            help="writing time before the kill (default 150, 2.5 x archive_timeout)")
         parser.add_argument("--times", type=int, default=1)
 
     def handle(self, *args, rate, seconds, times, **options):
