@@ -7,10 +7,13 @@ import streamlit as st
 # `streamlit run lessons/app.py` puts lessons/ on the path, not the project root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lessons.pages import capacity, load_test, stack_status  # noqa: E402
+from lessons.pages import capacity, clarify, estimate, load_test, practice, stack_status  # noqa: E402
 
 st.set_page_config(page_title="Scalable API Workbench", page_icon="🧪", layout="wide")
 page = st.navigation([
+    st.Page(practice.render, title="Practice", url_path="practice"),
+    st.Page(clarify.render, title="Clarify", url_path="clarify"),
+    st.Page(estimate.render, title="Estimate", url_path="estimate"),
     st.Page(stack_status.render, title="Stack status", url_path="status", default=True),
     st.Page(load_test.render, title="Load test", url_path="load-test"),
     st.Page(capacity.render, title="Capacity model", url_path="capacity"),

@@ -2,8 +2,10 @@
 with the ledger of acknowledged writes checked afterwards (workbench/loadgen/faults.py). The tests
 assert what happens; the figures (outage windows, availability) go to docs/reliability.md through
 `python manage.py faults all`."""
+import threading
 import time
 
+import psycopg
 import pytest
 import requests
 
@@ -138,3 +140,29 @@ def test_a_write_while_the_primary_is_held_down_is_a_prompt_503(stack_config, ap
     finally:
         launcher.chaos(stack_config, "start", "primary")
     wait_for(lambda: controller.process("pg-primary")["healthy"], timeout=60, what="the primary back")
+
+
+def test_a_primary_left_in_synchronous_mode_is_made_async_until_its_replicas_run(stack_config, topology_admin):
+    """What bring-up does before migrating (workbench/stack/datanodes.start_async): a commit that
+    waits for a replica that is not there is released."""
+    from workbench.stack import datanodes
+    topology_admin.apply({}, replace=True)  # no replicas
+    url = datanodes.node_url(stack_config, "primary")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (*)'")
+        conn.execute("SELECT pg_reload_conf()")
+    committed = threading.Event()
+
+    def commit():
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TEMP TABLE t (x int)")  # a transaction that writes WAL
+            conn.execute("SELECT txid_current()")
+        committed.set()
+
+    try:
+        threading.Thread(target=commit, daemon=True).start()
+        assert not committed.wait(1.5), "the commit should wait for a synchronous replica"
+        datanodes.start_async(url)
+        assert committed.wait(10), "start_async released the waiting commit"
+    finally:
+        datanodes.start_async(url)

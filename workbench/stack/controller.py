@@ -70,6 +70,7 @@ class Controller:
             self._start_postgres("pg-meta", "meta", cfg.meta_pg_port, "workbench_meta")
         if not cfg.database_url:
             self._start_postgres("pg-primary", "primary", cfg.data_pg_port, "workbench")
+            datanodes.start_async(datanodes.node_url(cfg, "primary"))
         if not cfg.valkey_state_url:
             self._start(valkey.spec("state", cfg.valkey_state_port, cfg.data_dir / "valkey" / "state",
                                     cfg.log_dir / "valkey-state.log"))

@@ -68,6 +68,17 @@ ROW_COUNTS = "SELECT relname, n_live_tup FROM pg_stat_user_tables WHERE relname 
 DIRECTORY_COUNTS = "SELECT shard, count(*) FROM meta_shard_directory GROUP BY shard"
 
 
+def start_async(url: str) -> None:
+    """A primary stopped in synchronous mode starts again with that setting and no replica yet to
+    confirm a commit: its migrations would wait forever. It runs async until the topology pass has
+    started its replicas and sets the mode the topology asks for again (_apply_group)."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        if conn.execute("SELECT current_setting('synchronous_standby_names')").fetchone()[0]:
+            conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            conn.execute("ALTER SYSTEM RESET synchronous_commit")
+            conn.execute("SELECT pg_reload_conf()")
+
+
 def slot_name(index: int) -> str:
     return f"replica_{index}"  # also the replica's cluster_name, which it reports as application_name
 
@@ -296,6 +307,7 @@ class DataNodes:
                 postgres.init_cluster(data_dir)
             self._start_postgres(name, group.port, data_dir)
             postgres.ensure_database(group.port, DATA_DATABASE)
+            start_async(node_url(self.cfg, name))
         self._say(f"migrating {name}")
         self.ctl._manage("migrate", "--database", name, "--noinput")
         self.ready.add(name)
