@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import pwd
+import signal
 import shutil
 import subprocess
 import threading
@@ -128,7 +130,6 @@ def _own(path: Path) -> None:
     user = postgres.run_as()
     if user:
         postgres.ensure_reachable(path)
-        import pwd
         entry = pwd.getpwnam(user)
         shutil.chown(path, entry.pw_uid, entry.pw_gid)
 
@@ -152,8 +153,20 @@ def take(cfg: config.StackConfig, out=print, keep: int | None = None) -> dict:
     for node in nodes:
         _own(archive.wal_dir(cfg.data_dir, node.lineage))  # archiving of this lineage starts now
     _own(directory)
-    bindir = binaries.postgres_bin_dir()
     manifest = {"id": backup_id, "started": started.isoformat(), "placement": _placement(cfg), "nodes": {}}
+    try:
+        _take(cfg, nodes, directory, manifest, out)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)  # a backup without its manifest is no backup
+        raise
+    out(f"backup {backup_id} in {directory} ({(_now() - started).total_seconds():.1f}s)")
+    prune(cfg, keep if keep is not None else parameters.load().get("backup", {}).get("keep", 2), out=out)
+    return manifest
+
+
+def _take(cfg: config.StackConfig, nodes: list[Node], directory: Path, manifest: dict, out) -> None:
+    bindir = binaries.postgres_bin_dir()
+    backup_id = manifest["id"]
     for node in nodes:
         t0 = time.monotonic()
         info = psycopg.conninfo.conninfo_to_dict(node.url)
@@ -175,9 +188,6 @@ def take(cfg: config.StackConfig, out=print, keep: int | None = None) -> dict:
     archive_now(cfg, nodes)
     manifest["finished"] = _now().isoformat()
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    out(f"backup {backup_id} in {directory} ({(_now() - started).total_seconds():.1f}s)")
-    prune(cfg, keep if keep is not None else parameters.load().get("backup", {}).get("keep", 2), out=out)
-    return manifest
 
 
 def _placement(cfg: config.StackConfig) -> dict | None:
@@ -556,7 +566,7 @@ def discard_drill(cfg: config.StackConfig) -> bool:
         entries = {}
     for entry in entries.values():
         if alive(entry["pid"], entry.get("create_time")):
-            stop_tree(entry["pid"], sig=2, timeout=30)  # SIGINT: PostgreSQL's fast shutdown
+            stop_tree(entry["pid"], sig=signal.SIGINT, timeout=30)  # PostgreSQL's fast shutdown
     shutil.rmtree(root)
     return True
 
