@@ -2,6 +2,7 @@
 to tests/artifacts/hostile-counts.json (docs/reliability.md, "Hostile input", quotes them), and
 requests sessions that send exactly the headers they are given."""
 import contextlib
+import fcntl
 import json
 import os
 import threading
@@ -19,8 +20,10 @@ _lock = threading.Lock()
 
 def record(category: str, **figures) -> None:
     """Merge one category's figures into the counts file and print them (pytest -s shows them)."""
-    with _lock:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # A file lock too: with `pytest -n 2` another worker may be writing the same file.
+    with _lock, open(ARTIFACTS / "hostile-counts.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         counts = json.loads(COUNTS.read_text()) if COUNTS.exists() else {}
         counts[category] = {**figures, "soak": SOAK}
         COUNTS.write_text(json.dumps(counts, indent=2, sort_keys=True))

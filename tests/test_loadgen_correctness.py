@@ -159,9 +159,9 @@ class CapturingRecorder(Recorder):
         super().__init__()
         self.rows = []
 
-    def on_done(self, second, kind, latency_us, service_us, outcome, headers=None):
+    def on_done(self, second, kind, latency_us, service_us, outcome, headers=None, **kw):
         self.rows.append((int(headers["X-Seq"]), second, latency_us, service_us))
-        super().on_done(second, kind, latency_us, service_us, outcome, headers)
+        super().on_done(second, kind, latency_us, service_us, outcome, headers, **kw)
 
 
 async def fake_send(seq, method, path, body):

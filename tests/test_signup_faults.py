@@ -67,7 +67,7 @@ def consistent(cfg, username):
 def test_sigkill_midway_leaves_no_orphan_and_retry_makes_no_duplicate(stack_config, controller, pause, expected):
     cfg = stack_config
     app = controller.process("app-1")
-    username = f"kill_{pause[7:11]}_{os.getpid() % 10000}"
+    username = f"kill_{pause.rsplit('-', 1)[1]}_{os.getpid() % 10000}"  # one per case: a shared name met the last case's account
     thread, outcome = paused_sign_up(cfg.direct_url(1), username, pause)
 
     def reached_pause():
