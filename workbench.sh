@@ -37,7 +37,10 @@ ensure_chromium() {
 cmd=${1:-up}; shift || true
 case "$cmd" in
   up)     setup_venv base; exec .venv/bin/python manage.py up "$@" ;;
-  test)   setup_venv -test; ensure_chromium; exec .venv/bin/python -m pytest "$@" ;;
+  # Two pytest workers, each with a stack of its own (tests/settings.py): much of the suite waits on
+  # processes and timeouts rather than the CPU. WORKBENCH_TEST_WORKERS=0 runs it in one process.
+  test)   setup_venv -test; ensure_chromium
+          exec .venv/bin/python -m pytest -n "${WORKBENCH_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   down|status) exec .venv/bin/python manage.py "$cmd" "$@" ;;
   *) echo "usage: ./workbench.sh up|test|down|status" >&2; exit 2 ;;
 esac

@@ -7,6 +7,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WORKBENCH_DATA_DIR", str(ROOT / ".workbench-test"))
 os.environ.setdefault("WORKBENCH_PORT_BASE", "9000")
+# `pytest -n N` (pytest-xdist; ./workbench.sh test runs two): each worker gets a stack of its own,
+# 700 ports above the last and in its own data directory. A worker inherits the environment of the
+# process that started it, so the shift is applied once per worker, marked by name.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if os.environ.get("WORKBENCH_TEST_WORKER") != _worker:
+    os.environ["WORKBENCH_TEST_WORKER"] = _worker
+    _index = int(_worker[2:]) if _worker.startswith("gw") else 0
+    if _index:
+        os.environ["WORKBENCH_DATA_DIR"] += f"-{_worker}"
+        os.environ["WORKBENCH_PORT_BASE"] = str(int(os.environ["WORKBENCH_PORT_BASE"]) + 700 * _index)
+        if "WORKBENCH_SERVICE_PORT_BASE" in os.environ:
+            os.environ["WORKBENCH_SERVICE_PORT_BASE"] = str(int(os.environ["WORKBENCH_SERVICE_PORT_BASE"]) + 300 * _index)
 os.environ.setdefault("WORKBENCH_SEED_USERS", "300")
 os.environ.setdefault("WORKBENCH_SEED_POSTS_PER_USER", "5")
 os.environ.setdefault("WORKBENCH_RECONCILE_INTERVAL", "2")

@@ -15,6 +15,7 @@ import itertools
 import os
 import signal
 import threading
+import time
 
 import pytest
 import requests
@@ -59,7 +60,12 @@ def test_each_app_server_counts_the_requests_it_answered(lb, http, stack, stack_
     answered, as X-App-Server said; health probes are not counted. Workers flush their counts at
     most every 0.5 s, on their next request (Caddy's probes bring one each second)."""
     lb("round_robin")
-    before = controller.status()["served"]
+
+    def at_rest():  # what earlier tests sent may still be on its way into the counts
+        first = controller.status()["served"]
+        time.sleep(1.5)  # past a flush (0.5 s) brought by a health probe (1 s)
+        return first if controller.status()["served"] == first else None
+    before = wait_for(at_rest, timeout=30, what="the served counts at rest")
     seen = servers(http, stack["api_url"] + "/api/v1/users?limit=1", 40)
 
     def grown():

@@ -154,10 +154,6 @@ def _rejoin(ctl, group, others: list[str]) -> None:
     """A replica that does not stream from the new primary in time (it had WAL the promoted one
     lacked, say) is retired with its data; the next topology pass makes it afresh."""
     dn = ctl.data_nodes
-    try:  # a promoted standby has no table statistics: the report's users and posts would read 0
-        dn._sql(group.primary, "ANALYZE api_user, api_post")
-    except psycopg.Error as exc:
-        ctl.log("failover_analyze_failed", error=str(exc)[:200])
     deadline = time.monotonic() + REJOIN_TIMEOUT_S
     waiting = set(others)
     while waiting and time.monotonic() < deadline and not ctl.stopping.is_set():
