@@ -1,6 +1,7 @@
 """The launcher and controller: status, idempotent up, clear port errors, supervision, external mode."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,4 +114,9 @@ def test_external_mode_starts_no_engines(stack, stack_config, tmp_path):
         assert response.status_code == 200 and response.json()["data"]["results"]
     finally:
         launcher.down(ext, out=lambda *_: None)
+        # Its bring-up found the demo accounts without their passwords (its data dir is new) and set
+        # new ones in the shared meta: the first stack's credentials file must say them, for the
+        # tests (and the dashboard) that sign in as the demo admin after this one.
+        if ext.credentials_file.exists():
+            shutil.copy(ext.credentials_file, cfg.credentials_file)
     assert launcher.status(ext) is None
