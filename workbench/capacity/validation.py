@@ -9,6 +9,8 @@ measurement. Parameters: parameters.toml [capacity.validation], committed before
 """
 from __future__ import annotations
 
+import os
+
 from datetime import datetime, timezone
 
 from workbench import parameters
@@ -92,8 +94,9 @@ def render(rows: list[dict], cfg, machine_info: dict, command: str) -> str:
     p = params()
     lines = [
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `{command}` on {machine_info['cores']} cores / "
-        f"{machine_info['memory_bytes'] / 2**30:.0f} GiB, the generator and the whole stack sharing the machine, "
-        "**which other engineers were using at the same time**. Topology: the defaults (1 PostgreSQL primary, "
+        f"{machine_info['memory_bytes'] / 2**30:.0f} GiB, the generator and the whole stack sharing the machine "
+        f"(1-minute load average when the table was written: {os.getloadavg()[0]:.2f}; anything else running "
+        "on the machine shows in the calibration's fixed cores). Topology: the defaults (1 PostgreSQL primary, "
         f"no cache, Caddy round-robin) with the app servers shown, each {cfg.app_workers} gthread workers x "
         f"{cfg.app_threads} threads. Workload: the default mix (90% reads). Parameters: workbench/parameters.toml "
         "[capacity.validation], committed before measuring.",
