@@ -1,4 +1,7 @@
-"""The Streamlit dashboard: one entry point, pages registered with st.navigation."""
+"""The Streamlit dashboard: one entry point, pages registered with st.navigation. The page modules
+live in lessons/app_pages/, not lessons/pages/: Streamlit serves a `pages/` directory beside the
+entry point as legacy pages too, so a first visit straight to /practice ran lessons/pages/practice.py
+as a script of its own and showed a blank page (seen in a headless-Chromium screenshot)."""
 import sys
 from pathlib import Path
 
@@ -7,7 +10,7 @@ import streamlit as st
 # `streamlit run lessons/app.py` puts lessons/ on the path, not the project root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lessons.pages import capacity, clarify, estimate, load_test, practice, stack_status  # noqa: E402
+from lessons.app_pages import capacity, clarify, estimate, load_test, practice, stack_status  # noqa: E402
 
 st.set_page_config(page_title="Scalable API Workbench", page_icon="🧪", layout="wide")
 page = st.navigation([

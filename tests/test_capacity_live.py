@@ -47,7 +47,7 @@ def test_the_saved_run_alone_gives_the_same_request_costs(live, stack_config):
 
 def test_the_capacity_page_labels_every_modelled_figure():
     at = AppTest.from_string(f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-                             "from lessons.pages import capacity\ncapacity.render()", default_timeout=60).run()
+                             "from lessons.app_pages import capacity\ncapacity.render()", default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     assert [t.value for t in at.title] == ["Capacity model"]
     labels = [m.label for m in at.metric]

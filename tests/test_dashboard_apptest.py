@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from lessons import data_nodes, loadbalancing
 from lessons.client import StackClient
 from lessons.data_nodes import DASH
-from lessons.pages.stack_status import UNREACHABLE
+from lessons.app_pages.stack_status import UNREACHABLE
 from workbench.stack import launcher
 from conftest import free_port_base
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def page(name: str, token: str | None = None) -> AppTest:
     """One page's render() as the script: the pages are tested whether or not app.py lists them yet."""
-    at = AppTest.from_string(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom lessons.pages import {name}\n"
+    at = AppTest.from_string(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom lessons.app_pages import {name}\n"
                              f"{name}.render()\n", default_timeout=30)
     if token:
         at.session_state["wb_token"] = token

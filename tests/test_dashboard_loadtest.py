@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 from streamlit.testing.v1 import AppTest
 
-from lessons.pages.load_test import BUSY, INVALID_NOTE, REFUSED, UNREACHABLE
+from lessons.app_pages.load_test import BUSY, INVALID_NOTE, REFUSED, UNREACHABLE
 from workbench.loadgen import report
 from workbench.loadgen.client import RunClient
 from conftest import free_port_base
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE_SCRIPT = f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
-from lessons.pages import load_test
+from lessons.app_pages import load_test
 load_test.render()
 """
 RUN_TIMEOUT_S = 120          # a 2-3 s run, plus the generator's start and the last answers
