@@ -37,6 +37,26 @@ class AdminView(ApiView):
     def get_authenticate_header(self, request):
         return 'Bearer realm="workbench-admin"'  # without one, DRF would turn the 401 into a 403
 
+    PARAMS: tuple[str, ...] = ()  # the query parameters this endpoint takes
+
+    def query(self, request):
+        """The request's query parameters, once none of them is one this endpoint does not take."""
+        for name in request.query_params:
+            if name not in self.PARAMS:
+                raise FieldError(name, f"Unknown query parameter; this endpoint takes {', '.join(self.PARAMS) or 'none'}.")
+        return request.query_params
+
+
+def whole_number(query, name: str, high: int, default: int, source: str = "") -> int:
+    """An integer query parameter from 1 to `high`, or `default` when it is absent; `source` says
+    where `high` comes from, in the error."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= high:
+        raise FieldError(name, f"Must be an integer from 1 to {high}{source}.")
+    return int(raw)
+
 
 class TopologyView(AdminView):
     """The live topology: GET reads it, PUT replaces it (absent fields take defaults), PATCH merges
@@ -106,10 +126,7 @@ class ExplainView(AdminView):
     ], description="Without since and until, the time range is the last "
                    f"{queries.DEFAULT_RANGE.days} days; the answer says which bounds were defaulted.")
     def get(self, request):
-        query = request.query_params
-        for name in query:
-            if name not in self.PARAMS:
-                raise FieldError(name, f"Unknown query parameter; this endpoint takes {', '.join(self.PARAMS)}.")
+        query = self.query(request)
         user_id = _user_id(query.get("user_id"))
         since, until = time_range(query)
         limit = parse_limit(query.get("limit"))
@@ -144,14 +161,8 @@ class ShardsView(AdminView):
         from api.models import Account, ReshardJob
         from api.routing import shards
 
-        for name in request.query_params:
-            if name not in self.PARAMS:
-                raise FieldError(name, "Unknown query parameter; this endpoint takes n.")
         t = topology.current().topology
-        raw = request.query_params.get("n")
-        if raw is not None and (not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= shards.MAX_SHARDS):
-            raise FieldError("n", f"Must be an integer from 1 to {shards.MAX_SHARDS}.")
-        n = int(raw) if raw is not None else t.shards
+        n = whole_number(self.query(request), "n", shards.MAX_SHARDS, t.shards)
         try:
             report = topology.report()
         except redis.RedisError as exc:
@@ -239,18 +250,13 @@ class ErrorsView(AdminView):
         OpenApiParameter("limit", int, description=f"How many groups, 1 to {errors.MAX_GROUPS} (default 50)."),
     ])
     def get(self, request):
-        for name in request.query_params:
-            if name not in self.PARAMS:
-                raise FieldError(name, "Unknown query parameter; this endpoint takes limit.")
-        raw = request.query_params.get("limit", "50")
-        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= errors.MAX_GROUPS:
-            raise FieldError("limit", f"Must be an integer from 1 to {errors.MAX_GROUPS}.")
-        total, groups = _state(lambda client: errors.groups(client, int(raw)))
+        limit = whole_number(self.query(request), "limit", errors.MAX_GROUPS, 50)
+        total, groups = read_state(lambda client: errors.groups(client, limit))
         return Response({"total_groups": total, "max_groups": errors.MAX_GROUPS, "groups": groups})
 
     @extend_schema(operation_id="admin_errors_clear", responses=OpenApiTypes.OBJECT)
     def delete(self, request):
-        return Response({"cleared_groups": _state(errors.clear)})
+        return Response({"cleared_groups": read_state(errors.clear)})
 
 
 class ErrorDetailView(AdminView):
@@ -262,7 +268,7 @@ class ErrorDetailView(AdminView):
         if not re.fullmatch(f"[0-9a-f]{{{errors.FINGERPRINT_CHARS}}}", fingerprint):
             raise FieldError("fingerprint", f"A fingerprint is {errors.FINGERPRINT_CHARS} lowercase hex digits.",
                              "path")
-        group = _state(lambda client: errors.group(client, fingerprint))
+        group = read_state(lambda client: errors.group(client, fingerprint))
         if group is None:
             raise NotFound("fingerprint", "No error group with this fingerprint (or it was cleared).")
         return Response(group)
@@ -274,9 +280,8 @@ class ProfilesView(AdminView):
 
     @extend_schema(operation_id="admin_profiles_list", responses=OpenApiTypes.OBJECT)
     def get(self, request):
-        for name in request.query_params:
-            raise FieldError(name, "Unknown query parameter; this endpoint takes none.")
-        return Response({"max_profiles": profiling.MAX_PROFILES, "profiles": _state(profiling.profiles)})
+        self.query(request)
+        return Response({"max_profiles": profiling.MAX_PROFILES, "profiles": read_state(profiling.profiles)})
 
 
 class ProfileDetailView(AdminView):
@@ -287,13 +292,13 @@ class ProfileDetailView(AdminView):
         if not profiling.ID.match(profile_id):
             raise FieldError("profile_id", "A profile id is 16 lowercase hex digits (the X-Profile-Id header).",
                              "path")
-        found = _state(lambda client: profiling.profile(client, profile_id))
+        found = read_state(lambda client: profiling.profile(client, profile_id))
         if found is None:
             raise NotFound("profile_id", f"No stored profile with this id (the last {profiling.MAX_PROFILES} are kept).")
         return Response(found)
 
 
-def _state(read):
+def read_state(read):
     """`read(client)` on the state Valkey; its failure is a 503."""
     from api.state import state_client
 

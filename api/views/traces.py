@@ -1,15 +1,14 @@
 """GET /api/v1/admin/traces and /api/v1/admin/traces/{trace_id}: the sampled requests' traces kept
 in the `state` Valkey (api/tracing.py), for the dashboard's waterfall."""
-import redis
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 
 from api import tracing
-from api.gateway.errors import FieldError, NotFound, Unavailable
+from api.gateway.errors import FieldError, NotFound
 from workbench import topology
 
-from .admin import AdminView
+from .admin import AdminView, read_state, whole_number
 
 DEFAULT_LIMIT = 20
 
@@ -24,18 +23,10 @@ class TracesView(AdminView):
         OpenApiParameter("limit", int, description=f"How many, 1 to the store's size (default {DEFAULT_LIMIT})."),
     ])
     def get(self, request):
-        for name in request.query_params:
-            if name not in self.PARAMS:
-                raise FieldError(name, "Unknown query parameter; this endpoint takes limit.")
         settings = topology.current().topology.observability
-        raw = request.query_params.get("limit")
-        if raw is not None and (not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= settings.trace_store):
-            raise FieldError("limit", f"Must be an integer from 1 to {settings.trace_store} (observability.trace_store).")
-        limit = int(raw) if raw is not None else DEFAULT_LIMIT
-        try:
-            rows = tracing.latest(_client(), limit)
-        except redis.RedisError as exc:
-            raise Unavailable(f"The state Valkey is unavailable: {type(exc).__name__}.") from None
+        limit = whole_number(self.query(request), "limit", settings.trace_store, DEFAULT_LIMIT,
+                             " (observability.trace_store)")
+        rows = read_state(lambda client: tracing.latest(client, limit))
         return Response({"trace_sample_rate": settings.trace_sample_rate, "trace_store": settings.trace_store,
                          "force_header": f"{tracing.FORCE_HEADER}: 1", "traces": rows})
 
@@ -51,16 +42,8 @@ class TraceDetailView(AdminView):
     def get(self, request, trace_id: str):
         if not tracing.TRACE_ID.match(trace_id):
             raise FieldError("trace_id", "Must be a trace id: 32 lower-case hex digits.", where="path")
-        try:
-            found = tracing.find(_client(), trace_id)
-        except redis.RedisError as exc:
-            raise Unavailable(f"The state Valkey is unavailable: {type(exc).__name__}.") from None
+        found = read_state(lambda client: tracing.find(client, trace_id))
         if found is None:
             raise NotFound("trace_id", f"No stored trace {trace_id}: not sampled, or older than the "
                                        "store's latest observability.trace_store traces.")
         return Response(found)
-
-
-def _client():
-    from api.state import state_client
-    return state_client()

@@ -12,7 +12,6 @@ optionally recovers it `hold_s` later, and then:
 """
 from __future__ import annotations
 
-import collections
 import http.client
 import json
 import re
@@ -27,7 +26,7 @@ from workbench.stack import config, launcher
 
 from . import engine
 from .client import TopologyClient
-from .runs import load_keys, load_tokens
+from .runs import load_keys, load_tokens, shard_groups
 from .workload import Workload
 
 SLO_AVAILABILITY = 0.9999
@@ -213,17 +212,11 @@ def verify_ledger(cfg: config.StackConfig, locations: list[str]) -> list[int]:
         if match:
             wanted.add(int(match.group(2)))
     found = set()
-    for shard in range(1, _shard_count(cfg) + 1):
+    for shard in range(1, shard_groups(cfg) + 1):
         with psycopg.connect(cfg.shard_url(shard), connect_timeout=5) as conn:
             rows = conn.execute("SELECT id FROM api_post WHERE id = ANY(%s)", (list(wanted),)).fetchall()
         found.update(r[0] for r in rows)
     return sorted(wanted - found)
-
-
-def _shard_count(cfg) -> int:
-    status = launcher.status(cfg) or {}
-    running = ((status.get("data_nodes") or {}).get("running") or {})
-    return int(running.get("shard_groups") or 1)
 
 
 def _chaos(cfg, action: str, role: str) -> None:
@@ -259,9 +252,5 @@ def timeline(o: Outcome) -> list[str]:
     if not o.events:
         return []
     t0 = o.events[0]["ts"]
-    keep = collections.OrderedDict()
-    for e in o.events:
-        if e["event"] in ("topology_progress", "monitor_failed"):
-            continue
-        keep[len(keep)] = f"+{e['ts'] - t0:.2f}s {e['event']} {e.get('name', '')}".rstrip()
-    return list(keep.values())
+    return [f"+{e['ts'] - t0:.2f}s {e['event']} {e.get('name', '')}".rstrip() for e in o.events
+            if e["event"] not in ("topology_progress", "monitor_failed")]

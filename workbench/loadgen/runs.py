@@ -37,7 +37,7 @@ KEY_SAMPLE = 100_000
 def load_keys(cfg: StackConfig, sample: int = KEY_SAMPLE) -> tuple[list[int], list[tuple[int, int]]]:
     """Existing users and posts to address, from every shard that runs (an equal share of the
     sample from each), so the requests spread over the shards as the users do."""
-    groups = _shard_groups(cfg)
+    groups = shard_groups(cfg)
     share = max(sample // groups, 1)
     users, posts = [], []
     for k in range(1, groups + 1):
@@ -73,7 +73,8 @@ def load_tokens(cfg: StackConfig, users: list[int]) -> dict[str, str]:
     raise RuntimeError(f"`manage.py mint-tokens` left no token for every user in {path}")
 
 
-def _shard_groups(cfg: StackConfig) -> int:
+def shard_groups(cfg: StackConfig) -> int:
+    """How many shards hold data now (during a reshard, the old ones and the new ones)."""
     import redis
 
     from workbench import topology

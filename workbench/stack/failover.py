@@ -31,6 +31,7 @@ import psycopg
 from api.routing import shards
 
 from .chaos import ChaosError
+from .datanodes import node_url, slot_name
 
 RECEIVED_LSN = ("SELECT pg_wal_lsn_diff(greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), "
                 "pg_last_wal_replay_lsn()), '0/0')")
@@ -113,7 +114,7 @@ def _unfence(ctl, group, fenced_dir) -> None:
 
 
 def _promote(dn, group, chosen: str, others: list[str]) -> None:
-    with psycopg.connect(_url(dn, chosen), autocommit=True, connect_timeout=2) as conn:
+    with psycopg.connect(node_url(dn.cfg, chosen), autocommit=True, connect_timeout=2) as conn:
         if not conn.execute("SELECT pg_promote(true, 30)").fetchone()[0]:
             raise RuntimeError(f"pg_promote on {chosen} did not finish within 30 s")
         for name in others:  # so they can stream from it at once, and it keeps their WAL
@@ -129,13 +130,7 @@ def _promote(dn, group, chosen: str, others: list[str]) -> None:
 
 
 def dn_slot(replica: str) -> str:
-    from .datanodes import slot_name
     return slot_name(shards.parse_alias(replica)[1])
-
-
-def _url(dn, alias: str) -> str:
-    from .datanodes import node_url
-    return node_url(dn.cfg, alias)
 
 
 def _wait_primary(dn, group) -> None:
