@@ -263,10 +263,12 @@ def test_open_mode_percentiles_match_a_known_service_time(sink):
     # Every latency includes its own service time, so each percentile is at least the sample's ...
     assert p50 >= sample_pct(50) * 0.999 - 0.05, (p50, sample_pct(50))
     assert p95 >= sample_pct(95) * 0.999 - 0.05, (p95, sample_pct(95))
-    # ... and within loopback / Python overhead of the known distribution.
-    assert 19.0 <= p50 <= 20 + 8, s["latency"]
-    assert 28.5 <= p95 <= 29 + 12, s["latency"]
-    assert s["latency"]["max_ms"] < 30 + 50
+    # ... and not wildly above it. The margins are wide because the suite runs on two workers
+    # whose stacks share two cores with this sink (CI saw p95 64 ms once); a latency measured
+    # from the wrong moment (the run's start, the previous send) would be off by seconds.
+    assert 19.0 <= p50 <= 20 + 80, s["latency"]
+    assert 28.5 <= p95 <= 29 + 200, s["latency"]
+    assert s["latency"]["max_ms"] < 30 + 500
     assert s["latency"]["p50_ms"] >= s["service_time"]["p50_ms"] - 0.05
     assert s["attribution"] == {"X-App-Server": {"sink": 300}}
 
@@ -293,7 +295,7 @@ def test_closed_loop_under_reports_p99_while_open_loop_shows_the_stall(sink):
     assert o["p99_ms"] >= 5 * c["p99_ms"], (f"closed p99 {c['p99_ms']} ms vs open p99 {o['p99_ms']} ms "
                                             f"({closed.sent} closed requests, {held_closed} held)")
     # The closed loop slowed down instead: it sent far fewer requests during the stall second.
-    assert c["p99_ms"] < 100, (c, closed.sent)
+    assert c["p99_ms"] < 250, (c, closed.sent)
 
 
 def test_connections_come_from_many_loopback_addresses(sink):
