@@ -41,6 +41,8 @@ class Controller:
         self.token = cfg.controller_token() or ""
         self.procs: dict[str, Supervised] = {}
         self.events: collections.deque = collections.deque(maxlen=200)
+        self.logged = 0  # events logged since the start: the newest one's number (GET /live's cursor)
+        self.events_lock = threading.Lock()
         self.phase = "starting"
         self.error: str | None = None
         self.started_at = time.time()
@@ -56,7 +58,9 @@ class Controller:
     # --- events -------------------------------------------------------------------------------
     def log(self, event: str, **fields) -> None:
         record = {"ts": round(time.time(), 3), "event": event, **fields}
-        self.events.append(record)
+        with self.events_lock:
+            self.logged += 1
+            self.events.append(record)
         print(json.dumps(record), flush=True)
 
     def set_phase(self, phase: str) -> None:
@@ -332,6 +336,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(payload)
             return None
+        if self.path.split("?")[0] == "/live":  # the dashboard's Live metrics page: one request per refresh
+            from . import live
+            try:
+                since = live.cursor(self.path)
+            except live.QueryError as exc:
+                return self._send(400, {"error": str(exc), "field": exc.field})
+            return self._send(200, live.snapshot(ctl, since))
         if self.path == "/runs":
             from workbench.loadgen import runs
             return self._send(200, {"current": ctl.run, "runs": runs.list_results(ctl.cfg)})
