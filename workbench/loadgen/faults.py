@@ -9,22 +9,28 @@ optionally recovers it `hold_s` later, and then:
 - checks the ledger: every post the API acknowledged (201 with its Location) must be in the
   database; the ones missing are writes lost;
 - reports availability (successes / requests) and the error budget that burned against 99.99%.
+
+Given a `label`, the run is also saved like every run (<data dir>/results/<id>.json, so the
+controller's GET /runs/{id} and the Load test page serve it), with the outcome under "fault"; the
+dashboard's Follow-ups page shows it from there. `on_progress` gets the live counts each second.
 """
 from __future__ import annotations
 
 import http.client
 import json
+import multiprocessing
 import re
 import urllib.parse
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
 import psycopg
 
 from workbench.stack import config, launcher
 
-from . import engine
+from . import engine, runs
 from .client import TopologyClient
 from .runs import load_keys, load_tokens, shard_groups
 from .workload import Workload
@@ -39,8 +45,8 @@ class Scenario:
     name: str
     what: str                      # the fault, in words
     topology: dict                 # patched before the run
-    fault: tuple                   # (action, role) for the chaos API
-    recover: tuple | None = None   # (action, role) `hold_s` after the fault, if the fault needs a hand
+    fault: tuple                   # (action, role) for the chaos API, or a callable doing the fault itself
+    recover: tuple | None = None   # the same, `hold_s` after the fault, if the fault needs a hand
     hold_s: float = 3.0
     target: str = ""               # what the issue asks of it
     # Single requests sent once while the fault holds (1 s after it): what works and what does not.
@@ -96,6 +102,7 @@ class Outcome:
     probes: dict = field(default_factory=dict)   # label -> (HTTP status or error, ms)
     events: list = field(default_factory=list)
     valid: bool = True
+    run_id: str | None = None      # the saved run, when run() was given a label
 
     @property
     def failed(self) -> int:
@@ -138,7 +145,8 @@ class Outcome:
 
 
 def run(cfg: config.StackConfig, scenario: Scenario, *, rate: float = 50, duration_s: float = 8,
-        fault_at_s: float = 2, replication: str = "async", seed: int = 1) -> Outcome:
+        fault_at_s: float = 2, replication: str = "async", seed: int = 1, label: str | None = None,
+        on_progress=None) -> Outcome:
     topo = TopologyClient(cfg)
     patch = dict(scenario.topology)
     if "replicas" in patch:
@@ -151,27 +159,33 @@ def run(cfg: config.StackConfig, scenario: Scenario, *, rate: float = 50, durati
     tokens = load_tokens(cfg, users)
     events_before = len(_events(cfg))
     box: dict = {}
-    loader = threading.Thread(target=lambda: box.update(rec=engine.run(w, cfg.api_url, users, posts, 1, None, tokens)))
+    counters = multiprocessing.get_context("fork").Array("q", 2)
+    loader = threading.Thread(target=lambda: box.update(
+        rec=engine.run(w, cfg.api_url, users, posts, 1, counters, tokens)))
     started = time.monotonic()
-    loader.start()
-    try:
-        _at(started + engine.START_LEAD_S + fault_at_s)
-        box["fault_ts"] = time.time()
-        _chaos(cfg, *scenario.fault)
-        fault_time = time.monotonic()
-        if scenario.probes:
-            _at(fault_time + 1.0)
-            box["probes"] = probe(cfg, scenario.probes, users[0])
-        if scenario.recover:
-            _at(fault_time + scenario.hold_s)
-            _chaos(cfg, *scenario.recover)
-    finally:
-        loader.join()
+    with runs.CpuSampler() as cpu:
+        loader.start()
+        if on_progress:
+            threading.Thread(target=_report, args=(on_progress, loader, counters, started, duration_s, box),
+                             daemon=True).start()
+        try:
+            _at(started + engine.START_LEAD_S + fault_at_s)
+            box["fault_ts"] = time.time()
+            _act(cfg, scenario.fault)
+            fault_time = time.monotonic()
+            if scenario.probes:
+                _at(fault_time + 1.0)
+                box["probes"] = probe(cfg, scenario.probes, users[0])
+            if scenario.recover:
+                _at(fault_time + scenario.hold_s)
+                _act(cfg, scenario.recover)
+        finally:
+            loader.join()
     rec = box["rec"]
     lost = verify_ledger(cfg, rec.created)
     failed_at = sorted(rec.failed_at)
     summary = rec.summary(duration_s)
-    return Outcome(
+    outcome = Outcome(
         scenario=scenario.name, replication=replication, rate=rate, duration_s=duration_s, fault_at_s=fault_at_s,
         fault_s=round(box["fault_ts"] - rec.started_at, 3) if rec.started_at else fault_at_s,
         requests=rec.ok + sum(rec.errors.values()), ok=rec.ok, errors=dict(rec.errors),
@@ -180,6 +194,34 @@ def run(cfg: config.StackConfig, scenario: Scenario, *, rate: float = 50, durati
         acknowledged_writes=len(rec.created), writes_lost=len(lost), lost_ids=lost[:20],
         events=_events(cfg)[events_before:], valid=summary["valid"], probes=box.get("probes", {}),
         recovered=scenario.recovered)
+    if label is not None:
+        outcome.run_id = save(cfg, outcome, rec, w, label, time.monotonic() - started, cpu)
+    return outcome
+
+
+def _report(on_progress, loader, counters, started: float, duration_s: float, box: dict) -> None:
+    """The live counts, as the controller relays a run's, and when the fault went in (time.time(), or None)."""
+    while loader.is_alive():
+        on_progress({"elapsed_s": round(time.monotonic() - started, 1), "ok": counters[0], "errors": counters[1],
+                     "duration_s": duration_s, "fault_ts": box.get("fault_ts")})
+        loader.join(1.0)
+
+
+def save(cfg: config.StackConfig, o: Outcome, rec, w: Workload, label: str, wall_s: float, cpu) -> str:
+    """The run saved as the controller saves one (workbench/loadgen/runs.py), the outcome under "fault"."""
+    run_id = runs.new_run_id()
+    result = {
+        "id": run_id, "label": label, "target": cfg.api_url, "started_at": datetime.now(timezone.utc).isoformat(),
+        "wall_s": round(wall_s, 2), "workload": w.to_dict(), "processes": 1, "topology": runs.topology_of(cfg),
+        "machine": {**runs.machine(), "cpu": cpu.summary()}, "versions": runs.versions(),
+        "model": "open (latency from intended send time)", "summary": rec.summary(w.duration_s),
+        "timeseries": rec.timeseries(), "histogram": rec.histogram.encode().decode(), "warnings": [],
+        "fault": {**asdict(o), "failed": o.failed, "availability": o.availability,
+                  "budget_burned": o.budget_burned, "recovery_s": o.recovery_s, "outage_s": o.outage_s,
+                  "failed_reads": o.failed_reads(), "failed_writes": o.failed_writes(), "five_xx": o.five_xx()},
+    }
+    (runs.results_dir(cfg) / f"{run_id}.json").write_text(json.dumps(result, indent=1))
+    return run_id
 
 
 def probe(cfg: config.StackConfig, probes: tuple, user: int) -> dict:
@@ -217,6 +259,10 @@ def verify_ledger(cfg: config.StackConfig, locations: list[str]) -> list[int]:
             rows = conn.execute("SELECT id FROM api_post WHERE id = ANY(%s)", (list(wanted),)).fetchall()
         found.update(r[0] for r in rows)
     return sorted(wanted - found)
+
+
+def _act(cfg, step) -> None:
+    step() if callable(step) else _chaos(cfg, *step)
 
 
 def _chaos(cfg, action: str, role: str) -> None:
