@@ -57,6 +57,7 @@ class Live:
                  readmodel: dict | None = None, ratelimit: dict | None = None):
         self.topology = doc.get("topology") or {}
         self.version = doc.get("version")
+        self.reported = bool(status)  # without /status nothing is known of the processes
         status = status or {}
         self.procs = {p["name"]: p for p in status.get("processes") or []}
         self.by_pid = {p["pid"]: p for p in self.procs.values() if p.get("pid")}
@@ -77,6 +78,17 @@ class Live:
                 return default
             value = value[part]
         return value
+
+    def health(self, proc: dict | None) -> tuple[str, bool]:
+        """A word for a process's health, and whether to draw it as down (it should run and does not)."""
+        if not self.reported:
+            return "status unknown", False
+        if proc is None:
+            return "not running", False
+        return ("healthy", False) if proc.get("healthy") else ("DOWN", True)
+
+    def figures(self, proc: dict | None) -> str:
+        return proc_line(proc) if self.reported else f"CPU {DASH} \u00b7 RSS {DASH}"
 
     def node_proc(self, alias: str) -> dict | None:
         """The process behind a data node of the report: matched by pid, since a node's alias and its
@@ -99,22 +111,15 @@ def node(nid: str, title: str, lines: list[str], lit: bool, tier: str, down: boo
     return f"  {nid} [label=<{label}>, {attrs(lit, tier, down)}];"
 
 
-def _health(proc: dict | None) -> tuple[str, bool]:
-    """A word for a process's health and whether to draw it as down (it should run and does not)."""
-    if proc is None:
-        return "not running", False
-    return ("healthy", False) if proc.get("healthy") else ("DOWN", True)
-
-
 # --- the tiers ----------------------------------------------------------------------------------
 def _edge(live: Live) -> list[str]:
     caddy = live.procs.get("caddy")
-    health, down = _health(caddy)
+    health, down = live.health(caddy)
     policy = live.t("lb_policy", DASH)
     wanted = f"header:{live.t('lb_header')}" if policy == "header" else policy
     running = live.running.get("lb_policy")
     lines = [f"lb_policy {wanted}" + ("" if running in (None, wanted) else f" (Caddy runs {running})"),
-             f"{health} \u00b7 {proc_line(caddy)}"]
+             f"{health} \u00b7 {live.figures(caddy)}"]
     return ['  clients [label=<<B>Clients</B><BR/>browsers, load generator>, shape=box, style="rounded", '
             'color="#555555"];',
             node("caddy", "Caddy \u00b7 load balancer, TLS", lines, True, "edge", down)]
@@ -145,11 +150,11 @@ def app_names(live: Live) -> list[str]:
 
 def _app(live: Live, name: str, wanted: int) -> str:
     proc = live.procs.get(name)
-    health, down = _health(proc)
+    health, down = live.health(proc)
     index = int(name.split("-")[1])
     if index > wanted and proc:
         health = "draining (beyond app_servers)"
-    elif proc is None:
+    elif proc is None and live.reported:
         health = "starting"
     upstream = live.upstreams.get(name) or {}
     l1 = "L1 LRU on" if live.t("cache.l1") else "L1 LRU off"
@@ -159,7 +164,7 @@ def _app(live: Live, name: str, wanted: int) -> str:
              f'<TR><TD COLSPAN="3" BGCOLOR="{head}"><B>{esc(name)}</B> gunicorn \u00b7 {esc(health)}</TD></TR>'
              f'<TR><TD COLSPAN="3"><FONT POINT-SIZE="9">gateway, in-process middleware</FONT></TD></TR>'
              f'<TR>{_gateway_cells(live)}</TR>'
-             f'<TR><TD COLSPAN="3" BGCOLOR="{head}">Django views \u00b7 {esc(l1)}<BR/>{esc(proc_line(proc))}<BR/>'
+             f'<TR><TD COLSPAN="3" BGCOLOR="{head}">Django views \u00b7 {esc(l1)}<BR/>{esc(live.figures(proc))}<BR/>'
              f'in flight {esc(num(upstream.get("in_flight")))} (Caddy) \u00b7 answered '
              f'{esc(num(live.served.get(name)))}</TD></TR></TABLE>>')
     return f'    {name.replace("-", "_")} [label={label}, shape=plain];'
@@ -183,11 +188,11 @@ def _caches(live: Live) -> list[str]:
     cache_nodes = int(live.t("cache_nodes", 1) or 1)
 
     def layer(name: str) -> str:
-        return f"hit ratio {ratio((layers.get(name) or {}).get('hit_ratio'))} (all app servers)"
+        return f"hit ratio {ratio((layers.get(name) or {}).get('hit_ratio'))}"
 
     out = ["  subgraph cluster_caches {", '    label=<<B>Caches</B>>; style="rounded"; color="#c98b55";',
-           node("cache_l1", "L1 LRU (one per app server process)",
-                [f"cache.l1 {'on' if l1_on else 'off'} \u00b7 ttl {live.t('cache.l1_ttl_ms')} ms, "
+           node("cache_l1", "L1 LRU (in each app server)",
+                [f"cache.l1 {'on' if l1_on else 'off'} \u00b7 {live.t('cache.l1_ttl_ms')} ms, "
                  f"{num(live.t('cache.l1_entries'))} entries", layer("l1") if l1_on else ""], l1_on, "cache"),
            node("cache_app", "Application cache",
                 [f"cache.mode {mode} \u00b7 invalidation {live.t('cache.invalidation')}",
@@ -206,16 +211,16 @@ def _caches(live: Live) -> list[str]:
         names = ["valkey-cache"]
     for name in names:
         proc, info = live.procs.get(name), per_node.get(name) or {}
-        health, down = _health(proc)
-        lines = [f"{health} \u00b7 {proc_line(proc)}"]
+        health, down = live.health(proc)
+        lines = [f"{health} \u00b7 {live.figures(proc)}"]
         if info and "error" not in info:
-            lines.append(f"{num(info.get('keys'))} keys \u00b7 hit ratio {ratio(info.get('hit_ratio'))} (Valkey INFO)")
+            lines.append(f"keys {num(info.get('keys'))} \u00b7 INFO hit ratio {ratio(info.get('hit_ratio'))}")
         out.append(node(name.replace("-", "_"), name + (" (allkeys-lru)" if cache_nodes == 1 else ""), lines,
                         used, "cache", down and used))
     if cache_nodes > 1:
         out.append("    }")
         single = live.procs.get("valkey-cache")
-        out.append(node("valkey_cache", "valkey-cache (unused while the cluster serves)", [proc_line(single)],
+        out.append(node("valkey_cache", "valkey-cache (unused while the cluster serves)", [live.figures(single)],
                         False, "cache"))
     out.append("  }")
     return out
@@ -250,20 +255,20 @@ def _shard(live: Live, k: int) -> list[str]:
            f'{esc(num(primary.get("users")))} users, {esc(num(primary.get("posts")))} posts>; '
            'style="rounded"; color="#8a78c9";']
     proc = live.node_proc(_alias(k))
-    health, down = _health(proc)
-    out.append(node(f"s{k}_primary", f"{_alias(k)}: PostgreSQL primary",
-                    [f"{health} \u00b7 {proc_line(proc)}",
+    health, down = live.health(proc)
+    out.append(node(f"s{k}_primary", f"{_alias(k)} (PostgreSQL primary)",
+                    [f"{health} \u00b7 {live.figures(proc)}",
                      f"{num(primary.get('connections'))} connections \u00b7 {num(primary.get('queries'))} queries"],
                     True, "db", down))
     mode = live.t("replication", "async")
     for i in range(1, replicas + 1):
         alias = _alias(k, i)
         info, rproc = live.nodes.get(alias) or {}, live.node_proc(alias)
-        rhealth, rdown = _health(rproc)
+        rhealth, rdown = live.health(rproc)
         lag = (f"replay lag {num(info.get('lag_ms'), '{:.1f}')} ms, {num(info.get('lag_bytes'))} B"
                if "state" in info else "not reporting yet")
-        out.append(node(f"s{k}_replica_{i}", f"{alias}: replica ({info.get('state') or 'starting'})",
-                        [f"{rhealth} \u00b7 {proc_line(rproc)}", lag], True, "db", rdown))
+        out.append(node(f"s{k}_replica_{i}", f"{alias} ({info.get('state') or 'starting'})",
+                        [f"{rhealth} \u00b7 {live.figures(rproc)}", lag], True, "db", rdown))
         out.append(f'    s{k}_primary -> s{k}_replica_{i} [label="WAL, {mode}", fontsize=9, color="#8a78c9"];')
     if not replicas:
         out.append(node(f"s{k}_replica_none", "replicas: 0", ["reads go to the primary"], False, "db"))
@@ -274,49 +279,51 @@ def _shard(live: Live, k: int) -> list[str]:
 
 def _databases(live: Live) -> list[str]:
     n = shard_count(live)
-    out = [line for k in range(1, n + 1) for line in _shard(live, k)]
+    # Declared last to first: dot then stacks them shard-1 on top (checked with Graphviz 2.42).
+    out = [line for k in range(n, 0, -1) for line in _shard(live, k)]
     if n == 1:
         out.append(node("shard_more", "more shards", ["reshard online to add them"], False, "db"))
     bouncer_on = bool(live.t("pgbouncer"))
     info = live.nodes.get("pgbouncer") or {}
     proc = live.procs.get("pgbouncer")
-    health, down = _health(proc)
-    lines = [f"{health} \u00b7 {proc_line(proc)}"] if bouncer_on else ["pgbouncer off: a pool in each app worker"]
+    health, down = live.health(proc)
+    lines = [f"{health} \u00b7 {live.figures(proc)}"] if bouncer_on else ["pgbouncer off: a pool in each app worker"]
     if bouncer_on and "clients_active" in info:
         lines.append(f"clients {num(info.get('clients_active'))} active, {num(info.get('clients_waiting'))} waiting"
                      f" \u00b7 servers {num(info.get('servers_active'))} active")
     out.append(node("pgbouncer", "PgBouncer (primaries' connections)", lines, bouncer_on, "db", down and bouncer_on))
     meta, mproc = live.nodes.get("meta") or {}, live.node_proc("meta")
-    mhealth, mdown = _health(mproc)
+    mhealth, mdown = live.health(mproc)
     directory = meta.get("directory") or {}
-    out.append(node("meta", "meta PostgreSQL: accounts, shard directory, uniqueness",
-                    [f"{mhealth} \u00b7 {proc_line(mproc)}",
+    out.append(node("meta", "meta (PostgreSQL)",
+                    [f"{mhealth} \u00b7 {live.figures(mproc)}",
                      f"{num(meta.get('connections'))} connections \u00b7 {num(meta.get('queries'))} queries",
                      (f"directory: {sum(directory.values()):,} users" if directory else ""),
-                     "one instance: a single point of failure"], True, "meta", mdown))
+                     "accounts, shard directory, unique names", "one instance: a single point of failure"], True, "meta", mdown))
     return out
 
 
 def _state(live: Live) -> list[str]:
     proc = live.procs.get("valkey-state")
-    health, down = _health(proc)
+    health, down = live.health(proc)
     counters = live.ratelimit.get("counters") or {}
     shed = ((live.ratelimit.get("shedding") or {}).get("counters") or {}).get("shed")
     rm_on = bool(live.t("read_model"))
     rm, relay = live.readmodel, live.procs.get("relay")
     staleness = rm.get("staleness_ms") or {}
     outbox = rm.get("outbox") or {}
-    out = ["  subgraph cluster_state {", '    label=<<B>State (noeviction)</B>>; style="rounded"; color="#b0609a";',
-           node("state", "valkey-state: topology, rate-limit buckets, queues",
-                [f"{health} \u00b7 {proc_line(proc)}",
+    out = ["  subgraph cluster_state {", '    label=<<B>State: shared by every app server</B>>; style="rounded"; color="#b0609a";',
+           node("state", "valkey-state (noeviction)",
+                [f"{health} \u00b7 {live.figures(proc)}",
                  f"rate limit {'on' if live.t('rate_limit.enabled') else 'off'}: {num(counters.get('allowed'))} "
-                 f"allowed, {num(counters.get('limited'))} limited (shared by all app servers)",
-                 f"shedding {'on' if live.t('shedding.enabled') else 'off'}: {num(shed)} shed"],
+                 f"allowed, {num(counters.get('limited'))} limited",
+                 f"shedding {'on' if live.t('shedding.enabled') else 'off'}: {num(shed)} shed",
+                 "also: topology, write-behind queue"],
                 True, "state", down),
            node("readmodel", "Read model: profile documents",
                 [f"read_model {'on' if rm_on else 'off'} \u00b7 {num(rm.get('documents'))} documents",
                  f"staleness p95 {num(staleness.get('p95'), '{:,.1f}')} ms \u00b7 outbox {num(outbox.get('pending'))} pending",
-                 f"relay {proc_line(relay)}"], rm_on, "state"),
+                 f"relay {live.figures(relay)}"], rm_on, "state"),
            "  }"]
     return out
 
@@ -362,7 +369,8 @@ def _edges(live: Live) -> list[str]:
     rm_style = "" if rm_on else f', style=dashed, color="{OFF_LINE}"'
     for k in range(1, shard_count(live) + 1):
         label = ', label="outbox, relay"' if k == 1 else ""
-        out.append(f"  s{k}_primary -> readmodel [ltail=cluster_shard_{k}{label}, fontsize=9{rm_style}];")
+        out.append(f"  s{k}_primary -> readmodel [ltail=cluster_shard_{k}{label}, fontsize=9, constraint=false"
+                   f"{rm_style}];")
     out.append(from_apps("readmodel", rm_on, "?view=profile"))
     return out
 
@@ -372,7 +380,7 @@ def build(doc: dict, status: dict | None = None, cache: dict | None = None, read
     """The whole diagram as DOT, left to right along the request path."""
     live = Live(doc, status, cache, readmodel, ratelimit)
     lines = ["digraph workbench {",
-             f'  graph [rankdir=LR, compound=true, newrank=true, nodesep=0.25, ranksep=0.7, fontname="{FONT}", '
+             f'  graph [rankdir=LR, compound=true, newrank=true, nodesep=0.25, ranksep=0.5, fontname="{FONT}", '
              'fontsize=12, bgcolor="white"];',
              f'  node [fontname="{FONT}", fontsize=11, margin="0.12,0.06"];',
              f'  edge [fontname="{FONT}", fontsize=10, color="#666666", fontcolor="#444444"];']

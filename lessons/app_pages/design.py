@@ -19,6 +19,7 @@ from lessons import design_diagram
 from lessons.client import StackClient
 from workbench import topology
 from workbench.loadgen.client import TopologyClient
+from workbench.stack import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 APPLY_TIMEOUT_S = 300     # a cache cluster or replicas on every shard take about a minute here
@@ -332,7 +333,8 @@ def server_timing(client: StackClient) -> dict | None:
 
 
 def _diagram(client: StackClient, doc: dict) -> str:
-    status = client.status() or client.status()  # once more: a busy controller can miss the 3 s timeout
+    # Once more with the launcher's longer timeout: a controller on a busy machine can miss 3 s.
+    status = client.status() or launcher.status(client.cfg)
     dot = design_diagram.build(doc, status, client.cache(), client.readmodel(), client.ratelimit())
     st.graphviz_chart(dot, width="stretch")
     if status is None:
@@ -343,8 +345,8 @@ def _diagram(client: StackClient, doc: dict) -> str:
                "status call, and every process shares this machine's 2 cores, so these are shared-CPU figures, "
                "not what each component would use on a machine of its own. In flight: Caddy's count now; "
                "answered: requests each app server counted since the stack started; replay lag from the "
-               "controller's node report; hit ratios from the app servers' counters (admin cache API), and "
-               "per cache node from Valkey's own INFO.")
+               "controller's node report; a cache layer's hit ratio from the app servers' counters, all servers "
+               "added up (admin cache API); a cache node's INFO hit ratio from Valkey's own INFO.")
     pending = topology.still_applying(doc.get("pending") or [])
     if pending:
         st.info(f"Still being applied by the controller: {pending_words(pending)}. {doc.get('progress') or ''}")
