@@ -11,7 +11,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lessons.app_pages import (capacity, clarify, design, estimate, followups, live_metrics,  # noqa: E402
-                               load_test, practice, stack_status, tradeoffs)
+                               load_test, practice, scale, stack_status, tradeoffs)
 
 st.set_page_config(page_title="Scalable API Workbench", page_icon="🧪", layout="wide")
 page = st.navigation([
@@ -19,6 +19,7 @@ page = st.navigation([
     st.Page(clarify.render, title="Clarify", url_path="clarify"),
     st.Page(estimate.render, title="Estimate", url_path="estimate"),
     st.Page(design.render, title="Design", url_path="design"),
+    st.Page(scale.render, title="Scale", url_path="scale"),
     st.Page(tradeoffs.render, title="Trade-offs", url_path="tradeoffs"),
     st.Page(followups.render, title="Follow-ups", url_path="followups"),
     st.Page(live_metrics.render, title="Live metrics", url_path="live"),
