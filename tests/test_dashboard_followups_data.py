@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,10 +72,10 @@ def topology_as_found(stack_config, topology_admin):
     """The topology document and the chaos state before; after the test, both must be the same (put back
     here if the experiment did not, and the test fails)."""
     before = topology_admin.settled()["topology"]
-    held = launcher.status(stack_config)["chaos"]["held"]
+    held = failure.status(stack_config)["chaos"]["held"]
     yield before
     problems = []
-    for name in set(launcher.status(stack_config)["chaos"]["held"]) - set(held):
+    for name in set(failure.status(stack_config)["chaos"]["held"]) - set(held):
         launcher.chaos(stack_config, "start", name)
         problems.append(f"{name} left held")
     after = topology_admin.settled(timeout=300)["topology"]
@@ -106,10 +107,12 @@ def test_the_model_answers_stay_hidden_until_revealed(stack):
     assert "fu_failure_messages" not in at.session_state and "fu_shards_messages" not in at.session_state
 
 
-def test_database_failure_shows_each_fault_run_as_saved_and_puts_the_stack_back(stack_config, topology_as_found):
+def test_database_failure_shows_each_fault_run_as_saved_and_puts_the_stack_back(stack_config, topology_as_found,
+                                                                                  controller):
+    since = time.time()
     at = page("lessons.followups.failure")
     at.number_input(key="fu_failure_rate").set_value(30)
-    at.number_input(key="fu_failure_duration").set_value(5)
+    at.number_input(key="fu_failure_duration").set_value(6)
     at.number_input(key="fu_failure_fault_at").set_value(1)
     at.checkbox(key="fu_failure_add_replicas").check()
     at.button(key="fu_failure_run").click().run(timeout=TIMEOUT_S)
@@ -118,12 +121,14 @@ def test_database_failure_shows_each_fault_run_as_saved_and_puts_the_stack_back(
     assert not [m for m in messages if "error" in m], messages
     replica, primary = check_runs(at, stack_config, messages, failure.STEPS)
 
-    # What each fault did, as saved: a replica's death costs no read; the primary's costs writes
-    # only, each a 503 (Retry-After, as the probe sent during the window shows), never a read.
+    # What each fault did, as saved: a replica's death costs no read; the primary's costs writes,
+    # each a prompt 503 (with Retry-After, as the probe sent during the window shows), never a 500
+    # or a timeout. (Reads can fail too while the one replica left rejoins the promoted primary's
+    # timeline; tests/test_faults.py holds the targets, this page shows what happened.)
     assert replica["fault"]["failed_reads"] == 0, replica["fault"]["errors"]
-    assert primary["fault"]["failed_reads"] == 0, primary["fault"]["errors"]
     assert set(primary["fault"]["errors"]) <= {"503"} and primary["fault"]["failed_writes"] > 0
-    assert any(e["event"] == "failover_done" for e in primary["fault"]["events"])
+    # The failover happened (perhaps after the short run's end, when the run's own events miss it).
+    assert [e for e in controller.events() if e["ts"] >= since and e["event"] == "failover_done"]
     probe = next(m for m in messages if m.get("step") == "primary" and m.get("state") == "done")["probe"]
     assert probe["write"]["status"] == 503 and probe["write"]["retry_after"], probe
     assert probe["write"]["content_type"].startswith("application/problem+json"), probe
@@ -161,7 +166,8 @@ def test_sharding_shows_the_reshard_under_writes_as_saved_and_uniqueness_across_
     # problem+json naming the field, shown on the page.
     u = next(m["unique"] for m in messages if "unique" in m)
     assert u["first"]["status"] == 201
-    assert u["other"]["status"] == 201 and u["other"]["db_node"] != u["first"]["db_node"], u["other"]
+    assert u["other"]["status"] == 201 and shards.shard_of(u["other"]) != shards.shard_of(u["first"]), u["other"]
+    assert shards.shard_of(u["first"]).startswith("shard-"), u["first"]
     for key, field in (("again", "username"), ("take_email", "email")):
         assert u[key]["status"] == 409 and u[key]["content_type"].startswith("application/problem+json"), u[key]
         assert field in str(u[key]["body"]), u[key]

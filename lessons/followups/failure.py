@@ -4,16 +4,12 @@ fault runs are workbench/loadgen/faults.py's own scenarios ("replica", "primary"
 controller's chaos API, each saved as a run with its ledger; the stack is put back afterwards."""
 from __future__ import annotations
 
-import http.client
-import json
+import dataclasses
 import time
-import urllib.parse
 
 import pandas as pd
 import streamlit as st
 
-from lessons import measured
-from lessons.client import ApiError
 from lessons.followups import child
 from lessons.widgets import metrics
 
@@ -61,8 +57,8 @@ would replicate it, and run the drills: kill things on purpose, in production, o
 STEPS = ("replica", "primary")
 STEP_TITLES = {"replica": "Step 1: SIGKILL a read replica", "primary": "Step 2: SIGKILL the primary, then fail over"}
 DEFAULTS = {"rate": 40, "duration_s": 10, "fault_at_s": 3, "replication": "async", "add_replicas": False}
-REPLICATION = {"async": "async (acknowledged before any replica has it)",
-               "remote_apply": "remote_apply (a replica has applied it before the acknowledgement)"}
+REPLICATION = {"async": "async (ack before a replica has it)",
+               "remote_apply": "remote_apply (a replica first)"}
 
 
 def render() -> None:
@@ -83,25 +79,14 @@ def render() -> None:
                                     key="fu_failure_replication")
     add = st.checkbox("Add two read replicas for the experiment if the stack has fewer (takes a few seconds; "
                       "removed again afterwards)", value=True, key="fu_failure_add_replicas")
-    if st.button("Run the failure experiment", key="fu_failure_run", type="primary"):
-        if fault_at >= duration:
-            st.error(f"The fault ({fault_at} s) must come before the end of the run ({duration} s): lower "
-                     "**Fault at** or lengthen **Each run**.")
-        else:
-            options = {"rate": rate, "duration_s": duration, "fault_at_s": fault_at, "replication": replication,
-                       "add_replicas": add}
-            live = st.empty()
-            st.session_state["fu_failure_messages"] = child.run(
-                KEY, options, lambda ms: _live(live, ms), timeout_s=2 * duration + 420)
-            live.empty()
-    messages = st.session_state.get("fu_failure_messages")
-    if messages:
-        draw(messages)
-
-
-def _live(slot, messages: list[dict]) -> None:
-    with slot.container():
-        draw(messages, running=True)
+    start = st.button("Run the failure experiment", key="fu_failure_run", type="primary")
+    if start and fault_at >= duration:
+        st.error(f"The fault ({fault_at} s) must come before the end of the run ({duration} s): lower "
+                 "**Fault at** or lengthen **Each run**.")
+        start = False
+    options = {"rate": rate, "duration_s": duration, "fault_at_s": fault_at, "replication": replication,
+               "add_replicas": add}
+    child.page(KEY, start, options, 2 * duration + 420, draw)
 
 
 def draw(messages: list[dict], running: bool = False) -> None:
@@ -139,44 +124,39 @@ def _progress(step: list[dict]) -> None:
     started = next(m for m in step if m.get("state") == "running")
     st.caption(f"{started['what']}. Target: {started['target']}.")
     p = next((m["progress"] for m in reversed(step) if "progress" in m), None)
-    if p is None:
-        st.progress(0.0, text="Applying the scenario's topology and loading keys ...")
-        return
-    elapsed, duration = p["elapsed_s"], p["duration_s"]
-    fault = "fault injected" if p["fault_ts"] else "fault not yet injected"
-    st.progress(min(1.0, elapsed / duration), text=f"{elapsed:.1f} of {duration:g} s: {p['ok']:,} ok, "
-                                                   f"{p['errors']:,} errors; {fault}")
+    child.load_progress(p, "Applying the scenario's topology and loading keys ...",
+                        p and ("; fault injected" if p["fault_ts"] else "; fault not yet injected"))
 
 
 def _step(done: dict) -> None:
-    try:
-        result = measured.saved(done["run_id"])
-    except ApiError as exc:
-        st.error(str(exc))
+    st.caption(f"{done['what']}. Target: {done['target']}.")
+    result = child.saved_run(done["run_id"])
+    if result is None:
         return
     f = result["fault"]
-    st.caption(f"{done['what']}. Target: {done['target']}.")
-    measured.run_card(result)
-    window = "none" if f["first_failure_s"] is None else (
-        f"{f['outage_s']:.2f} s (from {f['first_failure_s'] - f['fault_s']:+.2f} s to "
-        f"{f['last_failure_s'] - f['fault_s']:+.2f} s after the fault)")
-    codes = ", ".join(f"{n} \u00d7 {code}" for code, n in sorted(f["errors"].items())) or "none"
+    window = "none" if f["first_failure_s"] is None else f"{f['outage_s']:.2f} s"
+    span = "" if f["first_failure_s"] is None else (
+        f"Outage window: first to last failure, {f['first_failure_s'] - f['fault_s']:+.2f} s to "
+        f"{f['last_failure_s'] - f['fault_s']:+.2f} s from the fault. ")
     metrics({"Failed reads": f"{f['failed_reads']:,}", "Failed writes": f"{f['failed_writes']:,}",
              "Writes lost": f"{f['writes_lost']:,} of {f['acknowledged_writes']:,}",
              "Availability": f"{f['availability']:.2%}"})
     recovered = f["recovered"][0]
-    metrics({"Errors by kind": codes, "Outage window": window,
-             "Recovered after": "not seen" if f["recovery_s"] is None else f"{f['recovery_s']:.2f} s ({recovered})",
+    if f["recovery_s"] is not None:
+        recovery = f"{f['recovery_s']:.2f} s ({recovered})"
+    elif done.get("recovery_s") is not None:
+        recovery = f"{done['recovery_s']:.2f} s ({recovered}, after the run)"
+    else:
+        recovery = "not seen"
+    metrics({"Errors by kind": child.error_kinds(f), "Outage window": window, "Recovered after": recovery,
              "99.99% budget burned": f"{f['budget_burned']:,.1f}\u00d7"})
-    st.caption("Writes lost: posts the API acknowledged with 201 that no primary holds afterwards (the ledger). "
-               "Availability: successful requests of all sent. Recovered after: from the chaos event to "
-               "the controller's recovery event. Measured on this machine, shared CPU.")
+    st.caption(span + "Writes lost: posts the API acknowledged with 201 that no primary holds afterwards (the "
+               "ledger). Availability: successful requests of all sent. Recovered after: from the chaos event to "
+               "the controller's recovery event (the step's timeline, below, goes on after the run until the "
+               "nodes are healthy again). Measured on this machine, shared CPU.")
     if done.get("probe"):
         _probe(done["probe"])
-    series = pd.DataFrame([{"second": r["t"], "ok": r["ok"], "failed": sum(r["errors"].values())}
-                           for r in result["timeseries"]]).set_index("second")
-    st.bar_chart(series, color=["#d62728", "#2ca02c"], height=180, x_label="second of the run",
-                 y_label="requests")
+    child.per_second(result)
     with st.expander("The controller's timeline of this run"):
         st.code("\n".join(done.get("timeline") or ["(no event)"]), language=None)
 
@@ -196,13 +176,14 @@ def _probe(probe: dict) -> None:
 
 # --- the experiment, in its own process (python -m lessons.followups.failure) ----------------------
 def experiment(cfg, options: dict, emit) -> None:
+    from lessons.client import StackClient
     from workbench.loadgen import faults, runs
     from workbench.loadgen.client import TopologyClient
     from workbench.stack import launcher
 
     topo = TopologyClient(cfg)
     before = topo.settled()["topology"]
-    held = set(launcher.status(cfg)["chaos"]["held"])
+    held = set(status(cfg)["chaos"]["held"])
     emit({"before": {"replicas": before["replicas"], "replication": before["replication"],
                      "failover": before.get("failover"), "held": sorted(held)}})
     if before["replicas"] < 2 and not options.get("add_replicas"):
@@ -228,53 +209,59 @@ def experiment(cfg, options: dict, emit) -> None:
                     probe["sent"] = True
                     probe.update(probe_write_and_read(cfg, users[0], token, p["fault_ts"]))
 
+            since = time.time()
             o = faults.run(cfg, scenario, rate=options["rate"], duration_s=options["duration_s"],
                            fault_at_s=options["fault_at_s"], replication=options["replication"],
                            label=f"follow-up: {scenario.what}", on_progress=progress)
             probe.pop("sent", None)
             if (probe.get("write") or {}).get("status") == 201:  # acknowledged: the ledger must find it too
                 probe["write"]["lost"] = bool(faults.verify_ledger(cfg, [probe["write"]["location"]]))
-            emit({**head, "state": "done", "run_id": o.run_id, "timeline": faults.timeline(o), "probe": probe})
-            _wait_healthy(cfg, launcher, ("primary", "replica-1") if name == "replica" else ("primary",))
+            _wait_healthy(cfg, ("primary", "replica-1") if name == "replica" else ("primary",))
+            # The step's whole story: a failover can end after a short run (then the run misses it).
+            step = dataclasses.replace(o, events=[e for e in StackClient(cfg).events() if e["ts"] >= since])
+            emit({**head, "state": "done", "run_id": o.run_id, "timeline": faults.timeline(step), "probe": probe,
+                  "recovery_s": step.recovery_s})
     finally:
         emit({"restoring": True})
-        restore(cfg, topo, launcher, before, held, emit)
+        try:
+            restore(cfg, topo, launcher, before, held, emit)
+        except Exception as exc:  # noqa: BLE001 - said on the page; the first failure, if any, follows it
+            emit({"error": f"Putting the stack back failed ({type(exc).__name__}: {exc}). Put it back by hand: "
+                           "`python manage.py chaos status`, `chaos start <held>`, and the replicas and failover "
+                           f"settings on the Stack status page (found: {before['replicas']} replica(s), failover "
+                           f"{before.get('failover')})."})
 
 
 def probe_write_and_read(cfg, user: int, token: str, fault_ts: float) -> dict:
     """One post creation (as its owner) and one read of the user while the fault holds: what a client sees."""
-    url = urllib.parse.urlsplit(cfg.api_url)
-    body = json.dumps({"title": "follow-up probe", "body": "sent while the primary is down"})
     out = {"after_s": round(time.time() - fault_ts, 2)}
-    for kind, method, path, payload, headers in (
-            ("write", "POST", f"/api/v1/users/{user}/posts", body,
-             {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}),
-            ("read", "GET", f"/api/v1/users/{user}", None, {})):
-        started = time.monotonic()
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=15)
-        try:
-            conn.request(method, path, body=payload, headers=headers)
-            r = conn.getresponse()
-            raw = r.read()
-            try:
-                detail = json.loads(raw).get("detail", "")
-            except (ValueError, AttributeError):
-                detail = ""
-            out[kind] = {"request": f"{method} {path}", "status": r.status, "retry_after": r.getheader("Retry-After"),
-                         "content_type": r.getheader("Content-Type"), "db_node": r.getheader("X-DB-Node"),
-                         "detail": detail if r.status >= 400 else "", "location": r.getheader("Location")}
-        except OSError as exc:
-            out[kind] = {"request": f"{method} {path}", "status": type(exc).__name__}
-        finally:
-            conn.close()
-        out[kind]["ms"] = round((time.monotonic() - started) * 1000, 1)
+    out["write"] = child.call(cfg, "POST", f"/api/v1/users/{user}/posts",
+                              {"title": "follow-up probe", "body": "sent while the primary is down"}, token)
+    out["read"] = child.call(cfg, "GET", f"/api/v1/users/{user}")
+    for r in out.values():
+        if isinstance(r, dict):
+            body = r.pop("body", None)
+            r["detail"] = body.get("detail", "") if isinstance(body, dict) and r["status"] != 200 else ""
     return out
 
 
-def _wait_healthy(cfg, launcher, nodes: tuple, timeout: float = 90) -> None:
+def status(cfg, timeout: float = 60) -> dict:
+    """The controller's status; on a busy machine one answer can take longer than launcher's 5 s."""
+    from workbench.stack import launcher
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = launcher.status(cfg)
+        if answer is not None:
+            return answer
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the stack controller did not answer within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _wait_healthy(cfg, nodes: tuple, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        report = ((launcher.status(cfg) or {}).get("data_nodes") or {}).get("nodes") or {}
+        report = (status(cfg).get("data_nodes") or {}).get("nodes") or {}
         if all(report.get(n, {}).get("healthy") for n in nodes):
             return
         time.sleep(0.25)
@@ -284,12 +271,12 @@ def _wait_healthy(cfg, launcher, nodes: tuple, timeout: float = 90) -> None:
 def restore(cfg, topo, launcher, before: dict, held: set, emit) -> None:
     """Release what the experiment held, put the topology document back as found, and wait until the
     controller has carried it out and the primary answers."""
-    for name in sorted(set(launcher.status(cfg)["chaos"]["held"]) - held):
+    for name in sorted(set(status(cfg)["chaos"]["held"]) - held):
         launcher.chaos(cfg, "start", name)
     topo.apply(before, replace=True, timeout=300)
-    _wait_healthy(cfg, launcher, ("primary",))
+    _wait_healthy(cfg, ("primary",))
     after = topo.settled()["topology"]
-    now_held = launcher.status(cfg)["chaos"]["held"]
+    now_held = status(cfg)["chaos"]["held"]
     differs = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     emit({"restored": {"same": not differs and set(now_held) == held, "replicas": after["replicas"],
                        "replication": after["replication"], "held": now_held,

@@ -5,21 +5,16 @@ shard), then the shard count is put back. The load and its ledger are workbench/
 fault run with `manage.py reshard` as the fault (api/routing/reshard.py), saved as a run."""
 from __future__ import annotations
 
-import http.client
-import json
 import re
 import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 
 import pandas as pd
 import streamlit as st
 
 from api.routing.shards import MAX_SHARDS
-from lessons import measured
-from lessons.client import ApiError
 from lessons.followups import child
 from lessons.widgets import metrics
 
@@ -74,24 +69,13 @@ def render() -> None:
     duration = cols[2].number_input("Load (s)", 3, 60, DEFAULTS["duration_s"], 1, key="fu_shards_duration")
     start_at = cols[3].number_input("Reshard starts at (s)", 1, 30, DEFAULTS["fault_at_s"], 1,
                                     key="fu_shards_start_at")
-    if st.button("Run the sharding experiment", key="fu_shards_run", type="primary"):
-        if start_at >= duration:
-            st.error(f"The reshard ({start_at} s) must start before the load ends ({duration} s): lower **Reshard "
-                     "starts at** or lengthen **Load**.")
-        else:
-            options = {"shards": shards, "rate": rate, "duration_s": duration, "fault_at_s": start_at}
-            live = st.empty()
-            st.session_state["fu_shards_messages"] = child.run(
-                KEY, options, lambda ms: _live(live, ms), timeout_s=duration + 900)
-            live.empty()
-    messages = st.session_state.get("fu_shards_messages")
-    if messages:
-        draw(messages)
-
-
-def _live(slot, messages: list[dict]) -> None:
-    with slot.container():
-        draw(messages, running=True)
+    start = st.button("Run the sharding experiment", key="fu_shards_run", type="primary")
+    if start and start_at >= duration:
+        st.error(f"The reshard ({start_at} s) must start before the load ends ({duration} s): lower **Reshard "
+                 "starts at** or lengthen **Load**.")
+        start = False
+    options = {"shards": shards, "rate": rate, "duration_s": duration, "fault_at_s": start_at}
+    child.page(KEY, start, options, duration + 900, draw)
 
 
 def draw(messages: list[dict], running: bool = False) -> None:
@@ -129,12 +113,7 @@ def draw(messages: list[dict], running: bool = False) -> None:
 
 def _progress(steps: list[dict]) -> None:
     p = next((m["progress"] for m in reversed(steps) if "progress" in m), None)
-    if p is None:
-        st.progress(0.0, text="Loading keys and tokens ...")
-        return
-    elapsed, duration = p["elapsed_s"], p["duration_s"]
-    st.progress(min(1.0, elapsed / duration), text=f"Load: {elapsed:.1f} of {duration:g} s, {p['ok']:,} ok, "
-                                                   f"{p['errors']:,} errors")
+    child.load_progress(p, "Loading keys and tokens ...")
 
 
 def _moves(moves: list[dict], running: bool) -> None:
@@ -154,16 +133,12 @@ def _moves(moves: list[dict], running: bool) -> None:
 
 
 def _reshard_done(done: dict) -> None:
-    try:
-        result = measured.saved(done["run_id"])
-    except ApiError as exc:
-        st.error(str(exc))
+    result = child.saved_run(done["run_id"], "The load during the reshard")
+    if result is None:
         return
     f = result["fault"]
-    measured.run_card(result, "The load during the reshard")
-    codes = ", ".join(f"{n} \u00d7 {code}" for code, n in sorted(f["errors"].items())) or "none"
     metrics({"Writes lost": f"{f['writes_lost']:,} of {f['acknowledged_writes']:,}",
-             "Failed requests": f"{f['failed']:,} of {f['requests']:,}", "Errors by kind": codes,
+             "Failed requests": f"{f['failed']:,} of {f['requests']:,}", "Errors by kind": child.error_kinds(f),
              "Availability": f"{f['availability']:.2%}"})
     covered = done.get("covered")
     st.caption("Writes lost: posts the API acknowledged with 201 that no shard holds after the move (the ledger; "
@@ -171,10 +146,7 @@ def _reshard_done(done: dict) -> None:
                + "Measured on this machine, shared CPU.")
     if f["lost_ids"]:
         st.error(f"Acknowledged but missing: {', '.join(map(str, f['lost_ids']))}")
-    series = pd.DataFrame([{"second": r["t"], "ok": r["ok"], "failed": sum(r["errors"].values())}
-                           for r in result["timeseries"]]).set_index("second")
-    st.bar_chart(series, color=["#d62728", "#2ca02c"], height=160, x_label="second of the run",
-                 y_label="requests")
+    child.per_second(result)
 
 
 def _unique(u: dict) -> None:
@@ -282,59 +254,41 @@ def experiment(cfg, options: dict, emit) -> None:
             emit({"unique": uniqueness(cfg)})
     finally:
         emit({"restoring": True})
-        restore(cfg, topo, before, emit)
+        try:
+            restore(cfg, topo, before, emit)
+        except Exception as exc:  # noqa: BLE001 - said on the page; the first failure, if any, follows it
+            emit({"error": f"Putting the shards back failed ({type(exc).__name__}: {exc}). Put them back by hand: "
+                           f"`python manage.py reshard --status`, then `reshard --to {before['shards']} --strategy "
+                           f"{before['sharding']}`."})
 
 
 def uniqueness(cfg) -> dict:
     n = time.time_ns() % 10**9
     name = f"fu{n}"
     email = f"{name}@example.org"
-    out = {"first": call(cfg, "POST", "/api/v1/users", {"username": name, "email": email, "password": PASSWORD})}
-    out["again"] = call(cfg, "POST", "/api/v1/users", {"username": name, "email": f"{name}.again@example.org",
+    out = {"first": child.call(cfg, "POST", "/api/v1/users", {"username": name, "email": email, "password": PASSWORD})}
+    out["again"] = child.call(cfg, "POST", "/api/v1/users", {"username": name, "email": f"{name}.again@example.org",
                                                        "password": PASSWORD})
     if out["first"]["status"] != 201:
         return out
     for i in range(8):  # each new id lands on a shard by its hash: a few tries find another shard
         other = f"{name}o{i}"
-        out["other"] = call(cfg, "POST", "/api/v1/users", {"username": other, "email": f"{other}@example.org",
+        out["other"] = child.call(cfg, "POST", "/api/v1/users", {"username": other, "email": f"{other}@example.org",
                                                            "password": PASSWORD})
-        if out["other"]["status"] != 201 or out["other"]["db_node"] != out["first"]["db_node"]:
+        if out["other"]["status"] != 201 or shard_of(out["other"]) != shard_of(out["first"]):
             break
     if out["other"]["status"] == 201:
-        signed = call(cfg, "POST", "/api/v1/auth/token", {"username": other, "password": PASSWORD})
+        signed = child.call(cfg, "POST", "/api/v1/auth/token", {"username": other, "password": PASSWORD})
         token = (signed.get("body") or {}).get("data", {}).get("access")
         if token:
             uid = out["other"]["body"]["data"]["id"]
-            out["take_email"] = call(cfg, "PATCH", f"/api/v1/users/{uid}", {"email": email}, token)
+            out["take_email"] = child.call(cfg, "PATCH", f"/api/v1/users/{uid}", {"email": email}, token)
     return out
 
 
-def call(cfg, method: str, path: str, body: dict, token: str | None = None) -> dict:
-    """One request through Caddy, from a loopback address of its own (127.0.x.y) so that a sign-up
-    limit per IP, if the learner turned rate limiting on, does not answer in uniqueness's place."""
-    url = urllib.parse.urlsplit(cfg.api_url)
-    n = time.time_ns() // 1000
-    source = f"127.0.{n % 200 + 10}.{n // 200 % 250 + 2}"
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    shown = {k: v for k, v in body.items() if k != "password"}
-    started = time.monotonic()
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30, source_address=(source, 0))
-    try:
-        conn.request(method, path, body=json.dumps(body), headers=headers)
-        r = conn.getresponse()
-        raw = r.read()
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            answer = {"text": raw[:300].decode(errors="replace")}
-        out = {"status": r.status, "content_type": r.getheader("Content-Type"), "body": answer,
-               "db_node": (r.getheader("X-DB-Node") or "").split("/")[0] or None}
-    except OSError as exc:
-        out = {"status": type(exc).__name__, "body": {"error": str(exc)}}
-    finally:
-        conn.close()
-    return {"request": f"{method} {path} {json.dumps(shown)}", **out,
-            "ms": round((time.monotonic() - started) * 1000, 1)}
+def shard_of(answer: dict) -> str:
+    """`shard-2` from `X-DB-Node: shard-2/primary` (just `primary` with one shard)."""
+    return (answer.get("db_node") or "").split("/")[0]
 
 
 def restore(cfg, topo, before: dict, emit) -> None:

@@ -157,7 +157,7 @@ def run(cfg: config.StackConfig, scenario: Scenario, *, rate: float = 50, durati
                  writes={"create_post": 1.0}, seed=seed, timeout_s=10).validate()
     users, posts = load_keys(cfg)
     tokens = load_tokens(cfg, users)
-    events_before = len(_events(cfg))
+    since = time.time()  # the controller keeps its last 200 events: a count would slide once it is full
     box: dict = {}
     counters = multiprocessing.get_context("fork").Array("q", 2)
     loader = threading.Thread(target=lambda: box.update(
@@ -192,7 +192,7 @@ def run(cfg: config.StackConfig, scenario: Scenario, *, rate: float = 50, durati
         failed_by_kind=dict(rec.failed_by_kind), by_kind=dict(rec.by_kind),
         first_failure_s=failed_at[0] if failed_at else None, last_failure_s=failed_at[-1] if failed_at else None,
         acknowledged_writes=len(rec.created), writes_lost=len(lost), lost_ids=lost[:20],
-        events=_events(cfg)[events_before:], valid=summary["valid"], probes=box.get("probes", {}),
+        events=[e for e in _events(cfg) if e["ts"] >= since], valid=summary["valid"], probes=box.get("probes", {}),
         recovered=scenario.recovered)
     if label is not None:
         outcome.run_id = save(cfg, outcome, rec, w, label, time.monotonic() - started, cpu)
@@ -255,10 +255,23 @@ def verify_ledger(cfg: config.StackConfig, locations: list[str]) -> list[int]:
             wanted.add(int(match.group(2)))
     found = set()
     for shard in range(1, shard_groups(cfg) + 1):
-        with psycopg.connect(cfg.shard_url(shard), connect_timeout=5) as conn:
+        with _connect(cfg.shard_url(shard)) as conn:
             rows = conn.execute("SELECT id FROM api_post WHERE id = ANY(%s)", (list(wanted),)).fetchall()
         found.update(r[0] for r in rows)
     return sorted(wanted - found)
+
+
+def _connect(url: str, wait_s: float = 60) -> psycopg.Connection:
+    """A shard primary may still be coming back when the load ends (a failover that outlasts a short
+    run): the ledger waits for it rather than failing the run."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return psycopg.connect(url, connect_timeout=5)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _act(cfg, step) -> None:
