@@ -37,6 +37,7 @@ from workbench.stack import config
 ROOT = Path(__file__).resolve().parents[1]
 PROBE_USERS = 10          # as `manage.py stale_probe` (one writer thread each)
 PROBE_READERS = 4
+OWN_PAIRS = 5            # the writer's own reads: a write, then at once a read of it
 SETTLE_S = topology.REFRESH_S + 0.3   # every app worker has picked a topology change up
 COMMAND_GRACE_S = 90      # a management command's start-up, topology changes and restore, beyond its runs
 
@@ -66,14 +67,15 @@ def read_topology(topo: TopologyClient | None = None) -> dict:
         raise _failed("The topology could not be read (admin API)", exc) from None
 
 
-def apply(patch: dict, topo: TopologyClient | None = None) -> None:
+def apply(patch: dict, topo: TopologyClient | None = None) -> int:
     """Merge `patch` into the topology and wait until the controller runs it, then until every app
-    worker has seen it."""
+    worker has seen it; the topology's new version."""
     try:
-        (topo or _topo()).apply(patch)
-    except (TopologyError, requests.RequestException, ValueError) as exc:
+        version = (topo or _topo()).apply(patch)["version"]
+    except (TopologyError, requests.RequestException, ValueError, KeyError) as exc:
         raise _failed(f"The topology change {json.dumps(patch)} was not applied", exc) from None
     time.sleep(SETTLE_S)
+    return version
 
 
 def differences(before: dict, after: dict, prefix: str = "") -> list[str]:
@@ -167,13 +169,14 @@ def stale_probe(users: list[int], duration_s: float, slot=None, label: str = "st
     return _follow(probe.run, duration_s, slot, label)
 
 
-def own_reads(user_id: int, pairs: int = 20) -> dict:
+def own_reads(user_id: int, pairs: int = OWN_PAIRS) -> dict:
     """The writer's own reads: `pairs` times, a profile update then at once a read of it, both as one
     client (`X-Client-Id`, what read-your-writes keys on). How many reads missed the write just
     acknowledged, and which node answered (X-DB-Node)."""
     client = f"tradeoffs-{uuid.uuid4().hex[:12]}"
     url = f"{api_root()}/users/{user_id}"
     nodes: collections.Counter = collections.Counter()
+    versions = set()   # X-Topology-Version: which topology the app servers answered under
     stale = errors = 0
     with requests.Session() as http:
         http.headers.update({"X-Client-Id": client})
@@ -189,15 +192,23 @@ def own_reads(user_id: int, pairs: int = 20) -> dict:
                 errors += 1
                 continue
             nodes[read.headers.get("X-DB-Node", "?")] += 1
+            versions.update(r.headers.get("X-Topology-Version", "?") for r in (wrote, read))
             stale += read.json()["data"].get("bio") != bio
-    return {"pairs": pairs, "stale": stale, "errors": errors, "nodes": dict(nodes)}
+    return {"pairs": pairs, "stale": stale, "errors": errors, "nodes": dict(nodes), "versions": sorted(versions)}
 
 
-def replica_lag() -> dict:
-    """The controller's report of each replica's replay lag (ms), now."""
-    report = (StackClient().status() or {}).get("data_nodes") or {}
-    return {name: node.get("lag_ms") for name, node in (report.get("nodes") or {}).items()
-            if name.startswith("replica-") or "-replica-" in name}
+def replica_lag(user_id: int, reads: int = 5) -> list[float]:
+    """The replay lag (ms) that replicas answering anonymous reads reported (X-DB-Lag-Ms), now."""
+    lags = []
+    with requests.Session() as http:
+        for _ in range(reads):
+            try:
+                r = http.get(f"{api_root()}/users/{user_id}", timeout=10)
+                if r.headers.get("X-DB-Node", "primary") != "primary" and r.headers.get("X-DB-Lag-Ms"):
+                    lags.append(float(r.headers["X-DB-Lag-Ms"]))
+            except (requests.RequestException, ValueError):
+                continue
+    return lags
 
 
 # --- 1. consistency vs availability --------------------------------------------------------------------
@@ -231,14 +242,14 @@ def consistency(cases: list[str], delay_ms: float, duration_s: float, rate: floa
         for case in cases:
             if slot is not None:
                 slot.info(f"{case}: applying the topology...")
-            apply(CONSISTENCY_CASES[case], topo)
+            version = apply(CONSISTENCY_CASES[case], topo)
             probe = stale_probe(users, duration_s, slot, f"{case}: stale-read probe")
             own = own_reads(users[0])
-            lag = replica_lag()
+            lag = replica_lag(users[0])
             run = measured.measure({"mode": "open", "rate": rate, "duration_s": duration_s, **WRITES},
                                    f"trade-offs: writes, {case}", slot)
-            rows.append({"case": case, "set": CONSISTENCY_CASES[case], "probe": probe, "own": own, "lag_ms": lag,
-                         "run": run})
+            rows.append({"case": case, "set": CONSISTENCY_CASES[case], "version": version, "probe": probe, "own": own,
+                         "lag_ms": lag, "run": run})
     return {"delay_ms": delay_ms, "duration_s": duration_s, "rate": rate, "rows": rows, "restored": notes[-1],
             "at": _now()}
 
