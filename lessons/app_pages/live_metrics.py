@@ -16,8 +16,10 @@ from lessons.client import ApiError, StackClient
 
 UNREACHABLE = "The stack controller does not answer."
 INTERVALS_S = (1, 2, 5, 10, 30)
-DEFAULT_INTERVAL_S = 2
-HISTORY_POINTS = 300          # 10 minutes at the default interval
+# Each refresh costs the controller a scrape of every node plus the supervisor's CPU sampling of
+# every process tree (a few hundred ms of its CPU on a loaded 2-core machine): every 5 s by default.
+DEFAULT_INTERVAL_S = 5
+HISTORY_POINTS = 360          # 30 minutes at the default interval
 TIMELINE_KEPT = 200           # the controller keeps its last 200 events too
 FETCH_TIMEOUT_S = 10          # the scrape inside is bounded by a few seconds (metrics.py)
 DASH = "\u2014"
@@ -115,13 +117,20 @@ def _time(at: float):
     return pd.Timestamp(at, unit="s", tz="UTC")
 
 
-def _chart(series: dict[str, tuple[list, list]], y_title: str, height: int = 260, percent: bool = False):
+def _chart(series: dict[str, tuple[list, list]], y_title: str, height: int = 260, percent: bool = False,
+           empty: str = "Nothing to draw yet.") -> None:
+    """Lines over time; a sentence instead of an empty frame when no series has a value."""
+    series = {name: xy for name, xy in series.items() if xy[0]}
+    if not series:
+        st.caption(empty)
+        return
     fig = go.Figure([go.Scatter(x=x, y=y, name=name, mode="lines+markers", marker={"size": 4})
                      for name, (x, y) in series.items()])
     fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title=y_title,
                       legend={"orientation": "h", "y": -0.25}, xaxis_title=None)
-    if percent:
-        fig.update_yaxes(tickformat=".0%", rangemode="tozero")
+    if percent:  # a share: from 0 to a little above the highest value, at most 100%
+        top = max(max(y) for _, y in series.values())
+        fig.update_yaxes(tickformat=".0%", range=[0, min(1.0, max(0.05, top * 1.15))])
     else:
         fig.update_yaxes(rangemode="tozero")
     st.plotly_chart(fig, width="stretch", config={"displayModeBar": False})
@@ -166,10 +175,12 @@ def _traffic(now: dict, points: list[dict]) -> None:
             _chart(series, "req/s")
         with right:
             st.markdown("**Latency in the app servers (from histogram deltas)**")
-            _chart({name: _series(rated, lambda p, k=f"{name}_ms": p[k]) for name in live.QUANTILES}, "ms")
+            _chart({name: _series(rated, lambda p, k=f"{name}_ms": p[k]) for name in live.QUANTILES}, "ms",
+                   empty="No request was answered in the kept window: no latency to show.")
         st.markdown("**Error rate**")
         _chart({"5xx": _series(rated, lambda p: p["error_rate"]),
-                "4xx": _series(rated, lambda p: p["client_error_rate"])}, "share of requests", 200, percent=True)
+                "4xx": _series(rated, lambda p: p["client_error_rate"])}, "share of requests", 200, percent=True,
+               empty="No request was answered in the kept window: no error rate to show.")
 
 
 def _app_servers(now: dict, last: dict) -> None:
@@ -226,7 +237,8 @@ def _caches(now: dict, points: list[dict]) -> None:
     rated = [p for p in points if p.get("cache")]
     if len(rated) >= 2:
         _chart({names.get(layer, layer): _series(rated, lambda p, k=layer: (p["cache"].get(k) or {}).get("hit_rate"))
-                for layer in layers}, "hit rate", 220, percent=True)
+                for layer in layers}, "hit rate", 220, percent=True,
+               empty="No cache lookup in the kept window (a layer that is off counts none).")
 
 
 def _data_tier(now: dict, points: list[dict]) -> None:
@@ -300,7 +312,7 @@ def _timeline(events: list[dict]) -> None:
                "chaos actions, crashes, restarts and failovers, and load-test runs.")
 
 
-def _live(paused: bool) -> None:
+def _live(paused: bool, interval_s: float) -> None:
     """The refreshed part: one request (unless paused), then everything drawn from the answers."""
     if not paused or LAST not in st.session_state:
         refresh()
@@ -321,6 +333,10 @@ def _live(paused: bool) -> None:
         st.warning("Did not answer the scrape: " + ", ".join(f"`{d}`" for d in down))
     st.caption(f"Last refresh {_time(now['at']).strftime('%H:%M:%S')} UTC (the controller took "
                f"{now['took_s'] * 1000:.0f} ms); {len(points)} points kept (at most {HISTORY_POINTS}).")
+    if not paused and now["took_s"] > interval_s:
+        st.warning(f"The controller took {now['took_s']:.1f} s to answer, longer than the {interval_s:g} s between "
+                   "refreshes: the page asks again as soon as it has drawn, and the polling itself loads the "
+                   "machine. Choose a longer interval.")
     _traffic(now, points)
     _app_servers(now, points[-1])
     _caches(now, points)
@@ -340,4 +356,4 @@ def render():
         _clear()
     with st.expander("How these figures are measured"):
         st.markdown(HOW)
-    st.fragment(run_every=None if paused else interval)(_live)(paused)
+    st.fragment(run_every=None if paused else interval)(_live)(paused, interval)
