@@ -266,8 +266,9 @@ def _shard(live: Live, k: int) -> list[str]:
         info, rproc = live.nodes.get(alias) or {}, live.node_proc(alias)
         rhealth, rdown = live.health(rproc)
         lag = (f"replay lag {num(info.get('lag_ms'), '{:.1f}')} ms, {num(info.get('lag_bytes'))} B"
-               if "state" in info else "not reporting yet")
-        out.append(node(f"s{k}_replica_{i}", f"{alias} ({info.get('state') or 'starting'})",
+               if "state" in info else "not reporting yet" if live.reported else f"replay lag {DASH}")
+        state = info.get("state") or ("starting" if live.reported else "")
+        out.append(node(f"s{k}_replica_{i}", f"{alias} ({state})" if state else alias,
                         [f"{rhealth} \u00b7 {live.figures(rproc)}", lag], True, "db", rdown))
         out.append(f'    s{k}_primary -> s{k}_replica_{i} [label="WAL, {mode}", fontsize=9, color="#8a78c9"];')
     if not replicas:
@@ -279,8 +280,7 @@ def _shard(live: Live, k: int) -> list[str]:
 
 def _databases(live: Live) -> list[str]:
     n = shard_count(live)
-    # Declared last to first: dot then stacks them shard-1 on top (checked with Graphviz 2.42).
-    out = [line for k in range(n, 0, -1) for line in _shard(live, k)]
+    out = [line for k in range(1, n + 1) for line in _shard(live, k)]
     if n == 1:
         out.append(node("shard_more", "more shards", ["reshard online to add them"], False, "db"))
     bouncer_on = bool(live.t("pgbouncer"))
@@ -322,7 +322,7 @@ def _state(live: Live) -> list[str]:
                 True, "state", down),
            node("readmodel", "Read model: profile documents",
                 [f"read_model {'on' if rm_on else 'off'} \u00b7 {num(rm.get('documents'))} documents",
-                 f"staleness p95 {num(staleness.get('p95'), '{:,.1f}')} ms \u00b7 outbox {num(outbox.get('pending'))} pending",
+                 f"staleness p95 {num(staleness.get('p95'), '{:,.1f} ms')} \u00b7 outbox {num(outbox.get('pending'))} pending",
                  f"relay {live.figures(relay)}"], rm_on, "state"),
            "  }"]
     return out

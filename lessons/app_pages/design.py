@@ -57,10 +57,11 @@ view runs. There is no gateway box between Caddy and the app servers. The other 
 a gateway tier of its own there (Kong, Envoy, a cloud API gateway, or Caddy itself with plugins).
 Each choice costs something:
 
-- **Hops and latency.** In-process, the gateway costs a function call, not a network hop: the
-  request goes client, Caddy, app server, and *Server-Timing* on every response gives the gateway's
-  own share (measured below). A separate tier adds a hop, plus a proxy's parse and connection
-  handling, to every request, including the ones it then refuses.
+- **Hops and latency.** In-process, reaching the gateway costs a function call, not a network hop:
+  the request goes client, Caddy, app server. The gateway's own network trip is the rate-limit
+  script in `valkey-state` (one round trip, when rate limiting is on). *Server-Timing* on every
+  response gives the gateway's share (measured below). A separate tier adds a hop, plus a proxy's
+  parse and connection handling, to every request, including the ones it then refuses.
 - **Scaling on its own.** Here the gateway scales with the app servers, since each copy you add
   (`app_servers`) brings one. Its CPU is part of each app server's CPU figure on the diagram and
   cannot be given more machines by itself. A separate tier is sized for its own load. That matters
