@@ -143,10 +143,10 @@ def test_a_pinned_baseline_puts_the_other_runs_against_it(phase1):
 
 
 def test_an_invalid_run_shows_as_invalid_with_its_reason_and_no_latency(client, stack):
-    # A rate one generator process cannot keep, for a twentieth of a second: a saved INVALID run.
+    # A rate one generator process cannot keep, for 25 ms (500 sends): a saved INVALID run.
     label = phases.BY_KEY["phase2"].label("off")
-    run = client.run({"mode": "open", "rate": 20000, "duration_s": 0.05, "processes": 1, "path": "/healthz",
-                      "timeout_s": 2}, label)
+    run = client.run({"mode": "open", "rate": 20000, "duration_s": 0.025, "processes": 1, "path": "/healthz",
+                      "timeout_s": 1}, label)
     s = run["summary"]
     assert not s["valid"], f"one generator process kept {run['workload']['rate']} req/s: pick a higher rate"
     at = ok(AppTest.from_string(SCALE, default_timeout=TIMEOUT_S).run())   # a new session finds it by its label

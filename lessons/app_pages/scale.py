@@ -652,10 +652,12 @@ def render() -> None:
                "come from the capacity model; every other figure is a saved run, measured on this one machine.")
     client = StackClient()
     workload = _workload()
-    _stack_now(client)
+    now = st.container()      # drawn after a press, so it shows what the press left
     pressed = _presets()
     if pressed:
         _press(pressed, workload, client)
+    with now:
+        _stack_now(client)
     _last_press()
 
     if RUNS not in st.session_state:   # a new session: the newest saved run of each phase and arm
