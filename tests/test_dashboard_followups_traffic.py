@@ -105,6 +105,9 @@ def test_the_spike_runs_with_and_without_protection_and_shows_both_as_saved(topo
             assert s["errors"].get("429", 0) == s["attribution"].get("X-RateLimit-Status", {}).get("limited", 0)
 
     assert len(at.get("vega_lite_chart")) == 1
+    after = " and ".join(f"{spike_followup.errors_after_spike(client.get(ids[case])):,} errors "
+                         f"{spike_followup.TITLES[case].lower()}" for case in spike_followup.CASES)
+    assert any(f"After the spike ended, {after}:" in c.value for c in at.caption)
     assert [x.value.split(":")[0] for x in at.success] == ["Topology restored"]
 
 

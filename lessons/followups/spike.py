@@ -48,9 +48,9 @@ operator's endpoints never (they are exempt here), anonymous or batch traffic fi
 
 **Keep one client from taking everything: rate limits.** A token bucket per client (IP, user, API
 key) turns a runaway client or a retry storm into fast `429`s with `Retry-After`, cheaply, at the
-gateway. In the run above the spike came from the same clients each sending 10x (a retry storm), so
-the per-client limit absorbed most of it. A spike of ten times more *distinct* users passes every
-per-client limit: that is what shedding, a global limit and more capacity are for. And here the
+gateway. The experiment's spike comes from the same clients each sending 10x (a retry storm), the
+case a per-client limit is for. A spike of ten times more *distinct* users passes every per-client
+limit: that is what shedding, a global limit and more capacity are for. And here the
 limiter runs inside the app servers, after the queue: a refused request has already waited for a
 worker. An edge limiter (the load balancer, an API gateway tier, a CDN) drops it before it costs
 the servers anything.
@@ -128,6 +128,13 @@ def error_kinds(result: dict) -> dict:
             "dropped (no answer by the hard stop)": s["dropped"]}
 
 
+def errors_after_spike(result: dict) -> int:
+    """Errors of the requests meant to leave after the spike ended (the backlog it left behind)."""
+    spike = result["workload"]["spike"]
+    end = spike["at_s"] + spike["for_s"]
+    return sum(sum(r["errors"].values()) for r in result["timeseries"] if r["t"] >= end)
+
+
 def protection(result: dict) -> str:
     """What protected the run, read from the topology saved with it (not from the page's intent)."""
     t = result.get("topology", {})
@@ -188,10 +195,12 @@ def show(done: dict) -> None:
         if len(results) == len(CASES):
             st.markdown("**Throughput around the spike** (shaded), per second of intended send")
             st.altair_chart(throughput(results), width="stretch")
-            st.caption("Errors are counted in the second their request was meant to leave. Without protection the "
-                       "timeouts outlast the spike: the backlog drains after it. With shedding and the limiter the "
-                       "refusals are quick and the successes keep their normal latency. Shared-CPU figures: the "
-                       "generator and the whole stack share this machine's cores.")
+            after = {case: errors_after_spike(result) for case, result in results.items()}
+            st.caption("Errors are counted in the second their request was meant to leave. After the spike ended, "
+                       + " and ".join(f"{n:,} errors {TITLES[case].lower()}" for case, n in after.items())
+                       + ": a queue's backlog outlasts the spike as timeouts, while shed and refused requests are "
+                       "answered at once. Shared-CPU figures: the generator and the whole stack share this "
+                       "machine's cores, with whatever else runs on it.")
     for note in done["notes"]:
         (st.success if note.startswith("Topology restored") else st.warning)(note)
 
