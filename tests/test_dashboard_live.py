@@ -8,6 +8,9 @@ Requests are counted by wrapping requests.Session.request around each run: a pag
 controller twice per refresh (say /status and /metrics), or anything else, fails."""
 import collections
 import contextlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -172,3 +175,36 @@ def test_an_unreachable_controller_says_what_failed_and_how_to_fix_it(monkeypatc
     assert UNREACHABLE in error.value
     assert f"http://127.0.0.1:{base + 99}/live" in error.value and "python manage.py up" in error.value
     assert not at.metric and not at.table
+
+
+class _OlderController(BaseHTTPRequestHandler):
+    """A controller started before GET /live existed: it answers 404 as controller.py does."""
+
+    def do_GET(self):
+        body = json.dumps({"error": f"no such endpoint {self.path}"}).encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_older_controller_without_live_says_to_restart_the_stack(monkeypatch, tmp_path):
+    base = free_port_base()
+    server = ThreadingHTTPServer(("127.0.0.1", base + 99), _OlderController)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("WORKBENCH_PORT_BASE", str(base))
+        monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path))
+        at = new_page()
+        assert len(refresh(at)) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    [error] = at.error
+    assert "has no `/live` endpoint (HTTP 404)" in error.value
+    assert "`python manage.py down`, then `python manage.py up`" in error.value
+    assert not at.metric

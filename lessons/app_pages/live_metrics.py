@@ -34,8 +34,8 @@ Caddy at once and adds the supervisor's view of every process. The page keeps th
 every rate is the difference of two answers' counters over the time between them, and a counter
 that went down (an app server restarted) counts from zero.
 
-**Latency percentiles** come from the app servers' request histograms (buckets at 1, 2.5, 5, 10,
-25, 50, 100, 250, 500 ms, 1, 2.5 and 10 s). The difference of two answers' cumulative bucket counts
+**Latency percentiles** come from the app servers' request histograms (api/metrics.py: buckets
+from 1 ms to 10 s, closer together at the fast end). The difference of two answers' cumulative bucket counts
 is the histogram of the requests answered in between; p50, p95 and p99 are read from it by linear
 interpolation inside the bucket holding the rank (as Prometheus's `histogram_quantile`). So they
 are exact to the bucket's width, not to the request: a p95 of 7.5 ms means "between 5 and 10 ms,
