@@ -128,6 +128,7 @@ def _chart(series: dict[str, tuple[list, list]], y_title: str, height: int = 260
                      for name, (x, y) in series.items()])
     fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title=y_title,
                       legend={"orientation": "h", "y": -0.25}, xaxis_title=None)
+    fig.update_xaxes(tickformat="%H:%M:%S")  # UTC; no date line under the ticks to collide with the legend
     if percent:  # a share: from 0 to a little above the highest value, at most 100%
         top = max(max(y) for _, y in series.values())
         fig.update_yaxes(tickformat=".0%", range=[0, min(1.0, max(0.05, top * 1.15))])
@@ -304,7 +305,7 @@ def _timeline(events: list[dict]) -> None:
         marker={"size": 10}, text=[", ".join(f"{k}={v}" for k, v in e.items() if k not in ("ts", "event", "seq"))
                                    for e in events], hovertemplate="%{y}<br>%{x}<br>%{text}<extra></extra>"))
     fig.update_layout(height=120 + 24 * len(kinds), margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      yaxis={"categoryorder": "array", "categoryarray": kinds})
+                      yaxis={"categoryorder": "array", "categoryarray": kinds}, xaxis={"tickformat": "%H:%M:%S"})
     st.plotly_chart(fig, width="stretch", config={"displayModeBar": False})
     table = _events_table([{k: v for k, v in e.items() if k != "seq"} for e in events[::-1][:30]])
     st.dataframe(table, hide_index=True, width="stretch", height="content")
