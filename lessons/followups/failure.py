@@ -143,17 +143,17 @@ def _step(done: dict) -> None:
              "Availability": f"{f['availability']:.2%}"})
     recovered = f["recovered"][0]
     if f["recovery_s"] is not None:
-        recovery = f"{f['recovery_s']:.2f} s ({recovered})"
+        recovery = f"{f['recovery_s']:.2f} s"
     elif done.get("recovery_s") is not None:
-        recovery = f"{done['recovery_s']:.2f} s ({recovered}, after the run)"
+        recovery = f"{done['recovery_s']:.2f} s (after the run)"
     else:
         recovery = "not seen"
     metrics({"Errors by kind": child.error_kinds(f), "Outage window": window, "Recovered after": recovery,
              "99.99% budget burned": f"{f['budget_burned']:,.1f}\u00d7"})
     st.caption(span + "Writes lost: posts the API acknowledged with 201 that no primary holds afterwards (the "
                "ledger). Availability: successful requests of all sent. Recovered after: from the chaos event to "
-               "the controller's recovery event (the step's timeline, below, goes on after the run until the "
-               "nodes are healthy again). Measured on this machine, shared CPU.")
+               f"the controller's `{recovered}` event (the step's timeline, below, goes on after the run until "
+               "the nodes are healthy again). Measured on this machine, shared CPU.")
     if done.get("probe"):
         _probe(done["probe"])
     child.per_second(result)

@@ -161,12 +161,13 @@ def _unique(u: dict) -> None:
                          "shard (X-DB-Node)": r.get("db_node") or "\u2014", "Content-Type": r.get("content_type") or "",
                          "ms": r["ms"]})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    for key, label in (("again", "The second sign-up of the same username"),
-                       ("take_email", "The email change to an address a user on another shard has")):
+    for col, (key, label) in zip(st.columns(2), (
+            ("again", "The second sign-up of the same username"),
+            ("take_email", "The email change to an address a user on another shard has"))):
         r = u.get(key)
         if r:
-            st.markdown(f"{label}: **HTTP {r['status']}**, `{r.get('content_type')}`")
-            st.json(r.get("body") or {}, expanded=True)
+            col.markdown(f"{label}: **HTTP {r['status']}**, `{r.get('content_type')}`")
+            col.json(r.get("body") or {}, expanded=True)
     st.caption("Each shard's own unique index sees only its own users: the second sign-up got a new id, which "
                "may map to any shard. `meta`'s account table is the one index that sees every shard, so it refuses "
                "the name (and the email) before any shard is written.")
