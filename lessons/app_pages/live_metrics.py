@@ -11,7 +11,7 @@ import requests
 import streamlit as st
 
 from lessons import live
-from lessons.app_pages.stack_status import _events_table
+from lessons.app_pages.stack_status import events_table
 from lessons.client import ApiError, StackClient
 
 UNREACHABLE = "The stack controller does not answer."
@@ -307,7 +307,7 @@ def _timeline(events: list[dict]) -> None:
     fig.update_layout(height=120 + 24 * len(kinds), margin={"l": 10, "r": 10, "t": 10, "b": 10},
                       yaxis={"categoryorder": "array", "categoryarray": kinds}, xaxis={"tickformat": "%H:%M:%S"})
     st.plotly_chart(fig, width="stretch", config={"displayModeBar": False})
-    table = _events_table([{k: v for k, v in e.items() if k != "seq"} for e in events[::-1][:30]])
+    table = events_table([{k: v for k, v in e.items() if k != "seq"} for e in events[::-1][:30]])
     st.dataframe(table, hide_index=True, width="stretch", height="content")
     st.caption("The controller's events, newest first: the autoscaler's decisions, scale-outs and drains, "
                "chaos actions, crashes, restarts and failovers, and load-test runs.")

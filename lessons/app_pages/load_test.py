@@ -152,7 +152,7 @@ def _spike_band(w: dict):
     return alt.Chart(frame).mark_rect(opacity=0.12, color="#d62728").encode(x="start:Q", x2="end:Q")
 
 
-def _chart(frame: pd.DataFrame, y_title: str, w: dict, colors: dict, dashed=()) -> alt.Chart:
+def run_chart(frame: pd.DataFrame, y_title: str, w: dict, colors: dict, dashed=()) -> alt.Chart:
     """One line per series over the run; each second's point sits in the middle of that second.
     `dashed` series are drawn dashed and on top, so a line they coincide with stays visible."""
     long = frame.melt("second", var_name="series", value_name="value").dropna()
@@ -181,14 +181,14 @@ def _throughput_chart(run: dict) -> alt.Chart:
     frame = pd.DataFrame([{"second": r["t"], "sent": r["sent"], "ok": r["ok"],
                            "errors": sum(r["errors"].values())} for r in run["timeseries"]],
                          columns=["second", "sent", "ok", "errors"])
-    return _chart(frame, "requests", run["workload"],
+    return run_chart(frame, "requests", run["workload"],
                   {"sent": "#1f77b4", "ok": "#2ca02c", "errors": "#d62728"}, dashed=("sent",))
 
 
 def _latency_chart(run: dict) -> alt.Chart:
     frame = pd.DataFrame([{"second": r["t"], "p50": r["p50_ms"], "p95": r["p95_ms"], "p99": r["p99_ms"]}
                           for r in run["timeseries"]], columns=["second", "p50", "p95", "p99"])
-    return _chart(frame, "ms", run["workload"],
+    return run_chart(frame, "ms", run["workload"],
                   {"p50": "#2ca02c", "p95": "#ff7f0e", "p99": "#d62728"})
 
 

@@ -86,7 +86,7 @@ def _data_nodes(report: dict | None, topo: dict) -> None:
     st.caption(f"Controller: {progress}" if progress else "Controller: no topology work in progress.")
 
 
-def _events_table(events: list[dict]) -> pd.DataFrame:
+def events_table(events: list[dict]) -> pd.DataFrame:
     """The controller's event log: a time, the event, and whatever fields that event carries."""
     rows = []
     for event in events:
@@ -134,9 +134,9 @@ def render():
     st.table(_process_table(procs))
     topo = client.topology()
     events = client.events()
-    loadbalancing.render(state, topo, events, _events_table)
+    loadbalancing.render(state, topo, events, events_table)
     _data_nodes(state.get("data_nodes"), topo)
-    reliability.render(client, state, topo, events, _events_table)  # chaos controls, failover, the fault timeline
+    reliability.render(client, state, topo, events, events_table)  # chaos controls, failover, the fault timeline
     sharding.render(client.shards())
     caching.render(client.cache())
     readmodel.render(client.readmodel())
@@ -156,7 +156,7 @@ def render():
     if events:
         st.subheader("Controller events")
         st.caption(f"The {min(len(events), RECENT_EVENTS)} most recent of {len(events)}, newest first.")
-        st.dataframe(_events_table(events[-RECENT_EVENTS:][::-1]), hide_index=True, width="stretch",
+        st.dataframe(events_table(events[-RECENT_EVENTS:][::-1]), hide_index=True, width="stretch",
                      height="content")
     if st.button("Refresh"):
         st.rerun()

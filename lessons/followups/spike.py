@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from lessons import measured, tradeoffs
-from lessons.app_pages.load_test import _chart
+from lessons.app_pages.load_test import run_chart
 from lessons.client import ApiError
 from workbench.loadgen import spike as spike_suite
 from workbench.stack import config
@@ -174,7 +174,7 @@ def throughput(results: dict):
         frame = frame.merge(ts, on="second", how="outer")
     colors = {"sent": "#7f7f7f", "without: ok": "#1f77b4", "without: errors": "#d62728",
               "with: ok": "#2ca02c", "with: errors": "#ff7f0e"}
-    return _chart(frame.sort_values("second"), "requests per second", first["workload"], colors, dashed=("sent",))
+    return run_chart(frame.sort_values("second"), "requests per second", first["workload"], colors, dashed=("sent",))
 
 
 def show(done: dict) -> None:
