@@ -23,6 +23,7 @@ POLL_S = 0.5
 FOLLOW_GRACE_S = 60   # beyond duration + per-request timeout: generator start-up and saving
 DASH = "\u2014"
 INVALID_NOTE = "not the server's latency"
+UNREACHABLE = "The stack controller does not answer."
 
 
 def client() -> RunClient:
@@ -30,7 +31,7 @@ def client() -> RunClient:
 
 
 def unreachable(cfg, exc: Exception | None = None) -> str:
-    return (f"The stack controller does not answer. Tried `{cfg.controller_url}/runs` with the token in "
+    return (f"{UNREACHABLE} Tried `{cfg.controller_url}/runs` with the token in "
             f"`{cfg.token_file}`" + (f" ({type(exc).__name__})" if exc else "") + ". Start the workbench with "
             "`python manage.py up`, or check that WORKBENCH_PORT_BASE and WORKBENCH_DATA_DIR match the running stack.")
 
@@ -51,8 +52,8 @@ def problem(rc: RunClient, exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def progress(slot, run: dict, label: str = "") -> None:
-    """The live counts of a run going, relayed by the controller."""
+def progress_line(run: dict, label: str = "", counts: bool = True) -> tuple[float, str]:
+    """How far a run going is (0..1) and a line saying so, from the controller's relayed progress."""
     p = run.get("progress") or {}
     duration = p.get("duration_s") or run.get("workload", {}).get("duration_s") or 1
     elapsed = p.get("elapsed_s", 0.0)
@@ -60,10 +61,16 @@ def progress(slot, run: dict, label: str = "") -> None:
     if not p:
         text = f"{what}: starting the generator"
     elif elapsed <= duration:
-        text = f"{what}: {elapsed:.1f} of {duration:g} s, {p.get('ok', 0):,} ok, {p.get('errors', 0):,} errors"
+        text = f"{what}: {elapsed:.1f} of {duration:g} s" + (
+            f", {p.get('ok', 0):,} ok, {p.get('errors', 0):,} errors" if counts else "")
     else:
         text = f"{what}: {duration:g} s sent; waiting for the last answers"
-    slot.progress(min(1.0, elapsed / duration), text=text)
+    return min(1.0, elapsed / duration), text
+
+
+def progress(slot, run: dict, label: str = "") -> None:
+    """The live counts of a run going, relayed by the controller."""
+    slot.progress(*progress_line(run, label))
 
 
 def measure(workload: dict, label: str, slot=None, rc: RunClient | None = None) -> dict:

@@ -10,15 +10,16 @@ import pandas as pd
 import requests
 import streamlit as st
 
+from lessons import measured
 from workbench.loadgen import report
 from workbench.loadgen.client import RunClient, RunError
 from workbench.loadgen.recorder import LATE_US, MAX_LATE_SHARE
 from workbench.stack import config
 
-UNREACHABLE = "The stack controller does not answer."
+UNREACHABLE = measured.UNREACHABLE
 BUSY = "A run is already going"
 REFUSED = "The controller refused the workload"
-INVALID_NOTE = "not the server's latency"
+INVALID_NOTE = measured.INVALID_NOTE
 MAX_DURATION_S = 60          # the page's own bound; the controller accepts up to 600 s
 MAX_RATE = 5000              # the generator holds ~3,000 req/s per process (docs/benchmarks.md)
 POLL_S = 0.5
@@ -39,10 +40,7 @@ def _client() -> RunClient:
 
 
 def _unreachable(client: RunClient, exc: Exception | None = None) -> str:
-    cfg = client.cfg
-    return (f"{UNREACHABLE} Tried `{cfg.controller_url}/runs` with the token in `{cfg.token_file}`"
-            + (f" ({type(exc).__name__})" if exc else "") + ". Start the workbench with `python manage.py up`, "
-            "or check that WORKBENCH_PORT_BASE and WORKBENCH_DATA_DIR match the running stack.")
+    return measured.unreachable(client.cfg, exc)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -350,20 +348,13 @@ def _value(value) -> str:
 # --- following a run -------------------------------------------------------------------------
 def _progress(slot, run: dict) -> None:
     p = run.get("progress") or {}
-    duration = p.get("duration_s") or run.get("workload", {}).get("duration_s") or 1
-    elapsed = p.get("elapsed_s", 0.0)
-    if not p:
-        text = f"Run {run['id']}: starting the generator"
-    elif elapsed <= duration:
-        text = f"Run {run['id']}: {elapsed:.1f} of {duration:g} s"
-    else:
-        text = f"Run {run['id']}: {duration:g} s sent; waiting for the last answers"
+    done, text = measured.progress_line(run, counts=False)
     with slot.container(border=True):
-        st.progress(min(1.0, elapsed / duration), text=text)
+        st.progress(done, text=text)
         cols = st.columns(3)
         cols[0].metric("ok so far", f"{p.get('ok', 0):,}")
         cols[1].metric("errors so far", f"{p.get('errors', 0):,}")
-        cols[2].metric("elapsed", f"{elapsed:.1f} s")
+        cols[2].metric("elapsed", f"{p.get('elapsed_s', 0.0):.1f} s")
         st.caption("Live counts relayed by the stack controller, which runs the load generator.")
 
 
