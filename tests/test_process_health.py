@@ -64,3 +64,30 @@ def test_a_trees_cpu_counts_its_children():
         parent.wait()
         for child in spinners:
             child.kill()
+
+
+def test_a_tree_holds_grandchildren_and_leaves_out_other_processes():
+    """process.tree walks the one parent map: a grandchild is in its grandparent's tree, a sibling
+    process started beside it is not."""
+    from workbench.stack import process
+    sleeper = "import time; time.sleep(20)"
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                               f"\"import subprocess, sys; subprocess.run([sys.executable, '-c', {sleeper!r}])\"])"])
+    other = subprocess.Popen([sys.executable, "-c", sleeper])
+    try:
+        deadline = time.monotonic() + 20
+        while len(psutil.Process(parent.pid).children(recursive=True)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(process.FAMILY_TTL_S + 0.1)  # a map taken before the grandchild started has expired
+        pids = {p.pid for p in process.tree(parent.pid)}
+        assert pids == {parent.pid, *(c.pid for c in psutil.Process(parent.pid).children(recursive=True))}, pids
+        assert len(pids) == 3 and other.pid not in pids
+        assert {p.pid for p in process.tree(parent.pid, children=False)} == {parent.pid}
+        assert process.tree_rss(parent.pid) > process.tree_rss(other.pid)
+    finally:
+        family = psutil.Process(parent.pid).children(recursive=True)
+        for proc in [parent, other]:
+            proc.kill()
+            proc.wait()
+        for child in family:
+            child.kill()
