@@ -102,6 +102,46 @@ class StackClient:
         except (requests.RequestException, ValueError) as exc:
             return {"status": "unreachable", "detail": str(exc)}
 
+    # --- resharding (the controller's POST /reshard, GET /reshard: workbench/stack/reshardjob.py) ----
+    def reshard(self, to: int, strategy: str | None = None) -> dict:
+        """Start `manage.py reshard --to N [--strategy S]` as the controller's child; its state (as
+        reshard_state). Raises ApiError: refused input names its field, a busy stack says why (409)."""
+        body = {"to": to, **({"strategy": strategy} if strategy else {})}
+        return self._reshard("POST", body)
+
+    def reshard_state(self) -> dict:
+        """{running, pid, to, strategy, started_at, finished_at, returncode, last_line, log}. Raises ApiError."""
+        return self._reshard("GET")
+
+    def _reshard(self, method: str, body: dict | None = None) -> dict:
+        url = self.cfg.controller_url + "/reshard"
+        try:
+            response = self.session.request(method, url, json=body, headers=self._controller_headers(), timeout=10)
+            answer = response.json()
+        except requests.RequestException as exc:
+            raise ApiError(f"The stack controller does not answer at `{url}` ({type(exc).__name__}). Start the "
+                           "workbench with `python manage.py up`, or check that WORKBENCH_PORT_BASE and "
+                           "WORKBENCH_DATA_DIR match the running stack.") from None
+        except ValueError:
+            raise ApiError(f"The stack controller's answer at `{url}` could not be read (HTTP "
+                           f"{response.status_code}): {response.text[:200]}", response.status_code) from None
+        code = response.status_code
+        if code in (200, 202):
+            return answer
+        said = answer.get("error") or response.reason
+        if code == 400:
+            raise ApiError(f"The controller refused the reshard, field `{answer.get('field')}`: {said}. Nothing was "
+                           "started.", 400, answer.get("field"))
+        if code == 409:
+            raise ApiError(f"The controller cannot reshard now: {said}. Nothing was started.", 409, answer.get("field"))
+        if code == 401:
+            raise ApiError(f"The stack controller refused the token (401): check `{self.cfg.token_file}` "
+                           "(WORKBENCH_DATA_DIR).", 401)
+        if code == 404:
+            raise ApiError("This stack's controller has no /reshard endpoint: it was started before it existed. "
+                           "Restart the stack (`python manage.py down`, then `python manage.py up`).", 404)
+        raise ApiError(f"The stack controller answered HTTP {code} at `{url}`: {said}.", code)
+
     # --- saved load-test runs (the controller's GET /runs, GET /runs/{id}) -------------------------
     def runs(self) -> list[dict]:
         """The saved runs in brief, newest first. Raises ApiError."""

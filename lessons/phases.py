@@ -99,33 +99,6 @@ def topology_note(t: dict) -> str:
             + (f" + {' + '.join(layers)}" if layers else "") + f", PgBouncer {'on' if t.get('pgbouncer') else 'off'}")
 
 
-BATCH_USERS = 500   # api/routing/reshard.py's batch (WORKBENCH_RESHARD_BATCH unset)
-
-
-def reshard_fraction(job: dict | None) -> float:
-    """How far a reshard has looked through the users (batches of 500), 0..1, from the admin shards
-    API's `last_reshard`."""
-    if not job:
-        return 0.0
-    if job.get("state") in ("done", "rolled_back"):
-        return 1.0
-    total = job.get("users_total") or 0
-    return min(job.get("batches", 0) * BATCH_USERS / total, 0.99) if total else 0.0
-
-
-
-def reshard_line(job: dict) -> str:
-    """A reshard as the admin shards API reports it (`last_reshard`), in a line."""
-    (s_from, n_from), (s_to, n_to) = job["from"], job["to"]
-    total = job.get("users_total") or 0
-    line = f"Reshard #{job['id']} ({job['state']}): {s_from} x {n_from} -> {s_to} x {n_to}: "
-    if not total:
-        return line + "starting the new shards' nodes and counting the rows"
-    line += (f"batch {job['batches']} of about {-(-total // BATCH_USERS)}, {job['users_moved']:,} of {total:,} users "
-             f"moved ({job['users_moved'] / total:.1%}), {job['posts_moved']:,} posts")
-    return line + (f", {job['seconds']:.1f} s" if job.get("seconds") else "")
-
-
 def _within(patch: dict, doc: dict) -> bool:
     return all(_within(v, doc.get(k) or {}) if isinstance(v, dict) else doc.get(k) == v for k, v in patch.items())
 

@@ -6,11 +6,10 @@ with its field named, a form sent after someone else changed the topology is not
 and a page facing no stack says so. Every test that changes the topology restores it exactly.
 
 With WORKBENCH_SOAK=1 (the suite's flag for longer runs) also an online reshard from 1 to 2 shards
-started from the page and followed to its end, then moved back: about half a minute more here."""
+started from the page (the controller runs it: lessons/reshard.py) and followed to its end, then moved
+back through the controller."""
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -124,17 +123,11 @@ def test_a_reshard_under_way_draws_the_old_and_the_new_shards():
     assert re.search(r"s2_primary -> readmodel \[ltail=cluster_shard_2", dot)
 
 
-def test_the_page_sends_only_what_changed_and_reads_the_reshard_progress():
+def test_the_page_sends_only_what_changed():
     current = topology.Topology().to_dict()
     assert design.changes(current, {"cache.mode": "off", "app_servers": current["app_servers"]}) == {}
     assert design.changes(current, {"cache.mode": "cache-aside", "cache.l1": True, "replicas": 1}) == {
         "cache": {"mode": "cache-aside", "l1": True}, "replicas": 1}
-    # The command's own progress line (workbench/management/commands/reshard.py), \r-separated.
-    out = ("\r[###      ]  10.0%  1,000/10,002 users looked at, 500 moved, batch 2"
-           "\r[######   ]  20.0%  2,000/10,002 users looked at, 1,000 moved, batch 4")
-    assert design.reshard_progress(out) == {"fraction": 0.2, "seen": "2,000", "total": "10,002", "moved": "1,000",
-                                            "batch": 4}
-    assert design.reshard_progress("starting") is None
     # Every field of the form exists in the schema, with the kind its widget needs.
     for dotted in design.FIELDS:
         assert design.field_meta(dotted)["kind"] in ("bool", "choice", "int", "text"), dotted
@@ -271,7 +264,7 @@ def test_a_form_sent_after_the_topology_changed_elsewhere_is_not_applied(admin, 
 
 
 @pytest.mark.skipif(os.environ.get("WORKBENCH_SOAK") != "1", reason="a reshard round trip: WORKBENCH_SOAK=1")
-def test_a_reshard_started_from_the_page_moves_the_data_and_redraws(admin, restored):
+def test_a_reshard_started_from_the_page_moves_the_data_and_redraws(admin, restored, stack_config):
     t = restored["topology"]
     assert (t["shards"], t["reshard_shards"]) == (1, 0), "this test starts from one shard"
     at = page()
@@ -284,15 +277,17 @@ def test_a_reshard_started_from_the_page_moves_the_data_and_redraws(admin, resto
         assert len(done) == 1 and f"{t['sharding']} x 1 -> {t['sharding']} x 2" in done[0], done
         shards = admin_get(admin, "shards")
         assert (shards["shards"], shards["last_reshard"]["state"]) == (2, "done")
-        assert f"reshard #{shards['last_reshard']['id']} done" in done[0]
+        assert f"Reshard #{shards['last_reshard']['id']} (done)" in done[0]
         dot = dot_of(at)
         assert lit(dot, "s2_primary") and "shard_more" not in dot
         users = [s["users"] for s in shards["per_shard"]]
         assert len(users) == 2 and all(users), users  # both shards hold users now
     finally:
-        back = subprocess.run([sys.executable, str(ROOT / "manage.py"), "reshard", "--to", "1", "--strategy",
-                               t["sharding"]], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert back.returncode == 0 or "already on 1 shard" in back.stderr, back.stderr
+        client = StackClient(stack_config)
+        client.reshard(1, t["sharding"])   # back through the controller, as the page does
+        back = wait_for(lambda: (lambda s: not s["running"] and s)(client.reshard_state()), timeout=300,
+                        what="the reshard back to 1 shard")
+        assert back["returncode"] == 0 or "already on 1 shard" in back["last_line"], back
         wait_for(lambda: admin_get(admin, "nodes")["running"]["shard_groups"] == 1, timeout=120,
                  what="shard-2 to be retired")
 

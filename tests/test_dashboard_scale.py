@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lessons import measured, phases
+from lessons import measured, phases, reshard
 from lessons.app_pages import scale
 from lessons.followups import regions
 from workbench import topology
@@ -30,11 +30,12 @@ def script(body: str) -> str:
 
 SCALE = script("from lessons.app_pages import scale\nscale.render()")
 REGIONS = script("from lessons.followups import regions\nregions.render()")
-# The reshard progress as the page draws it, from the admin shards API (a job may replace the API's).
-RESHARD = script("import streamlit as st\nfrom lessons.app_pages import scale\nfrom lessons.client import StackClient\n"
+# The reshard progress as the page draws it (lessons/reshard.py), from the admin shards API (a job may
+# replace the API's).
+RESHARD = script("import streamlit as st\nfrom lessons import reshard\nfrom lessons.client import StackClient\n"
                  "data = StackClient().shards()\nif 'job' in st.session_state:\n"
                  "    data = {**data, 'last_reshard': st.session_state['job']}\n"
-                 "scale.reshard_status(st.empty(), data)")
+                 "reshard.show(st.empty(), data)")
 
 
 def ok(at: AppTest) -> AppTest:
@@ -174,7 +175,7 @@ def test_reshard_progress_is_drawn_from_the_admin_shards_api(stack, stack_config
     if job is None:
         assert bar.proto.value == 0 and f"runs {api['shard_groups']} shard group(s)" in bar.proto.text
     else:
-        assert bar.proto.text == phases.reshard_line(job)
+        assert bar.proto.text == reshard.line(job)
     # A reshard under way, in the shape the API reports it (ids as this stack would number them).
     moving = {"id": (job or {}).get("id", 0) + 1, "state": "moving", "from": [api["sharding"], 1],
               "to": [api["sharding"], 2], "batches": 3, "users_total": 10_002, "users_moved": 770, "posts_moved": 7_700,
@@ -221,8 +222,8 @@ def test_phases_pure_logic():
     assert phases.newest_runs(listing) == {"start": {"on": "c", "off": "a"}}
     assert phases.cache_hit_rate({"X-Cache": {"hit": 3, "hit-l1": 1, "miss": 4, "bypass": 9}}) == 0.5
     assert phases.cache_hit_rate({"X-Cache": {"off": 10}}) is None
-    assert phases.reshard_fraction({"state": "done"}) == 1.0
-    assert phases.reshard_fraction({"state": "moving", "batches": 30, "users_total": 1000}) == 0.99
+    assert reshard.fraction({"state": "done"}) == 1.0
+    assert reshard.fraction({"state": "moving", "batches": 30, "users_total": 1000}) == 0.99
     for p in phases.PRESETS:   # each preset is a valid topology, and is recognised as itself
         doc = {**topology.merge(topology.Topology().to_dict(), p.topology), "shards": p.shards}
         assert topology.parse(doc, check_machine=False).to_dict() == doc

@@ -1,34 +1,27 @@
 """The Design page: the architecture drawn from the live topology, with each component's live
 figures, and every component switched from here. Changes go through the admin topology API (the
 controller carries out what needs processes, followed here with progress); the shard count changes
-only by an online reshard (`manage.py reshard`), followed through its own progress and the admin
-shards API. The gateway's placement is explained as a trade-off against what the diagram shows."""
+only by an online reshard (`manage.py reshard`, which the controller runs: lessons/reshard.py),
+followed through the admin shards API. The gateway's placement is explained as a trade-off against what the diagram shows."""
 from __future__ import annotations
 
 import dataclasses
 import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import requests
 import streamlit as st
 
-from lessons import design_diagram
-from lessons.client import StackClient
+from lessons import design_diagram, reshard
+from lessons.client import ApiError, StackClient
 from workbench import topology
 from workbench.loadgen.client import TopologyClient
 from workbench.stack import launcher
 
-ROOT = Path(__file__).resolve().parents[2]
 APPLY_TIMEOUT_S = 300     # a cache cluster or replicas on every shard take about a minute here
 RESHARD_TIMEOUT_S = 900   # the demo dataset reshards in well under a minute; bigger data takes longer
 POLL_S = 0.5
 DASH = "\u2014"
-# `manage.py reshard` writes its progress line to stderr (workbench/management/commands/reshard.py).
-RESHARD_LINE = re.compile(r"([\d.]+)%\s+([\d,]+)/([\d,]+) users looked at, ([\d,]+) moved, batch (\d+)")
-RESHARDS: dict[str, subprocess.Popen] = {}   # per data directory: the reshard this dashboard started
 
 # The toggles, section by section: (dotted topology field, label). Widgets, choices and bounds come
 # from the schema in workbench/topology.py.
@@ -170,55 +163,15 @@ def apply(cfg, patch: dict, slot) -> tuple[bool, str]:
 
 
 # --- resharding ---------------------------------------------------------------------------------
-def reshard_log(cfg) -> Path:
-    return Path(cfg.data_dir) / "logs" / "reshard-dashboard.log"
-
-
-def start_reshard(cfg, to: int, strategy: str) -> subprocess.Popen:
-    """`manage.py reshard` in the background, as a session of its own, so a page reload or a closed
-    browser does not stop it halfway (an interrupted reshard would wait for --resume)."""
-    log = reshard_log(cfg)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "reshard", "--to", str(to),
-                                 "--strategy", strategy], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                start_new_session=True)
-    RESHARDS[str(cfg.data_dir)] = proc
-    return proc
-
-
-def reshard_progress(text: str) -> dict | None:
-    """The newest progress line of `manage.py reshard` in its output."""
-    found = RESHARD_LINE.findall(text.replace("\r", "\n"))
-    if not found:
-        return None
-    pct, seen, total, moved, batch = found[-1]
-    return {"fraction": float(pct) / 100, "seen": seen, "total": total, "moved": moved, "batch": int(batch)}
-
-
-def follow_reshard(cfg, client: StackClient, proc: subprocess.Popen, slot) -> tuple[bool, str]:
-    deadline = time.monotonic() + RESHARD_TIMEOUT_S
-    log = reshard_log(cfg)
-    while proc.poll() is None and time.monotonic() < deadline:
-        p = reshard_progress(log.read_text(errors="replace"))
-        if p:
-            slot.progress(min(p["fraction"], 1.0), text=f"Resharding: {p['seen']} of {p['total']} users looked at, "
-                                                        f"{p['moved']} moved, batch {p['batch']}")
-        else:
-            progress = client.topology().get("progress")
-            slot.progress(0.0, text=f"Resharding: starting the new shards. {progress or ''}")
-        time.sleep(POLL_S)
-    text = log.read_text(errors="replace")
-    if proc.poll() is None:
-        return False, (f"The reshard is still running after {RESHARD_TIMEOUT_S} s; it carries on in the background "
-                       f"(output in `{log}`).")
-    slot.empty()
-    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
-    if proc.returncode == 0:
-        summary = next((line for line in lines if line.startswith("reshard #")), "done")
-        return True, f"Resharded: {summary}."
-    said = lines[-1] if lines else f"exit status {proc.returncode}"
-    return False, f"The reshard failed: {said} (full output in `{log}`)."
+def _resharded(follow) -> bool:
+    """Follow a reshard to its end (lessons/reshard.py) and say how it went. True when it finished."""
+    try:
+        job = follow(st.empty())
+    except ApiError as exc:
+        st.error(str(exc))
+        return False
+    st.success(f"Resharded. {reshard.line(job)}.")
+    return True
 
 
 def _reshard_section(cfg, client: StackClient, topo: dict) -> bool:
@@ -226,9 +179,9 @@ def _reshard_section(cfg, client: StackClient, topo: dict) -> bool:
     st.subheader("Shards: reshard online")
     data = client.shards()
     job = (data.get("last_reshard") if "error" not in data else None) or {}
-    mine = RESHARDS.get(str(cfg.data_dir))
-    busy = topo.get("reshard_shards") or job.get("state") in ("moving", "rolling_back")
-    if busy and not (mine and mine.poll() is None):
+    going = reshard.running(client)   # the controller runs one (started here, by another browser, or Scale)
+    busy = topo.get("reshard_shards") or job.get("state") in reshard.UNDER_WAY
+    if busy and not going:
         st.info(f"A reshard is under way: reshard #{job.get('id', DASH)} ({job.get('state', DASH)}), "
                 f"{job.get('users_moved', 0):,} users moved so far in {job.get('batches', 0)} batches, toward "
                 f"{topo.get('reshard_shards') or DASH} shards. If no process is running it, finish it with "
@@ -248,11 +201,7 @@ def _reshard_section(cfg, client: StackClient, topo: dict) -> bool:
                                  key="design_strategy")
     cols[2].write("")
     if not cols[2].button("Reshard online", key="design_reshard"):
-        if mine and mine.poll() is None:
-            ok, message = follow_reshard(cfg, client, mine, st.empty())
-            (st.success if ok else st.error)(message)
-            return ok
-        return False
+        return going and _resharded(lambda slot: reshard.follow(client, slot, None, RESHARD_TIMEOUT_S))
     if (int(to), strategy) == (topo["shards"], topo["sharding"]):
         st.info(f"The data is already on {to} shard(s) by {strategy}: nothing to move.")
         return False
@@ -260,9 +209,7 @@ def _reshard_section(cfg, client: StackClient, topo: dict) -> bool:
     if cap:
         st.error(f"Refused before starting, field `shards`: {cap}. Lower `replicas` first.")
         return False
-    ok, message = follow_reshard(cfg, client, start_reshard(cfg, int(to), strategy), st.empty())
-    (st.success if ok else st.error)(message)
-    return ok
+    return _resharded(lambda slot: reshard.run(client, int(to), strategy, slot, RESHARD_TIMEOUT_S))
 
 
 # --- the form -----------------------------------------------------------------------------------

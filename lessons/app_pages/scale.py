@@ -7,16 +7,12 @@ measured runs through the controller (lessons/measured.py), emulation off and on
 with the seed's figure for the phase and what the capacity model says the phase's fleet carries
 (labelled modelled). Charts compare the phases' saved runs; a run can be pinned as the baseline.
 
-Resharding has no HTTP endpoint: the page runs `manage.py reshard` (the operator's command) in a
-process of its own and follows it through GET /api/v1/admin/shards. The pinned baseline lives in the
+A reshard goes through the stack controller (POST /reshard runs `manage.py reshard` as its child) and
+is followed through GET /api/v1/admin/shards (lessons/reshard.py). The pinned baseline lives in the
 browser session: the workspace API keeps only notes, clarify and estimate documents."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -25,6 +21,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from lessons import measured, phases
+from lessons import reshard as resharding
 from lessons.app_pages.load_test import CPU_SATURATED
 from lessons.client import ApiError, StackClient
 from lessons.data_nodes import pending_rows
@@ -34,7 +31,6 @@ from workbench.loadgen import report
 from workbench.loadgen.client import RunError, TopologyClient, TopologyError
 from workbench.stack import config
 
-ROOT = Path(__file__).resolve().parents[2]
 SETTLE_S = 180           # a topology change: app servers start, replicas copy, PgBouncer starts
 RESHARD_S = 300          # the demo dataset reshards in 10-20 s; a loaded machine takes longer
 POLL_S = 0.5
@@ -105,64 +101,11 @@ def apply(patch: dict, slot, what: str) -> float:
         time.sleep(POLL_S)
 
 
-def reshard_status(slot, data: dict, since_id: int = 0) -> dict | None:
-    """A reshard's progress from the admin shards API's answer (`data`): a progress bar in `slot`.
-    Only a job newer than `since_id` counts. Returns the job shown, if any."""
-    job = data.get("last_reshard")
-    if "error" in data:
-        slot.warning(f"The admin shards API did not answer: {data['error']}", icon=":material/warning:")
-        return None
-    if not job or job["id"] <= since_id:
-        slot.progress(0.0, text=f"Reshard: the controller runs {data.get('shard_groups', '?')} shard group(s); "
-                                "the job is starting")
-        return None
-    slot.progress(phases.reshard_fraction(job), text=phases.reshard_line(job))
-    return job
-
-
-def _reshard_log() -> Path:
-    path = config.load().data_dir / "logs" / "scale-reshard.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [x.strip() for x in path.read_text(errors="replace").replace("\r", "\n").splitlines() if x.strip()]
-    except OSError:
-        return "no log"
-    errors = [x for x in lines if "Error" in x]
-    return (errors or lines or ["no output"])[-1][:400]
-
-
 def reshard(to: int, slot) -> dict:
-    """Move the data to `to` shards online (`manage.py reshard --to`, the strategy unchanged), following
-    it in `slot`; then wait until the controller has retired what it no longer needs. Returns the
-    finished job as the admin shards API reports it. Raises ApiError."""
-    client = StackClient()
-    before = client.shards()
-    if "error" in before:
-        raise ApiError(f"The admin shards API did not answer ({before['error']}), so no reshard was started. "
-                       "Check the stack with `python manage.py status`.")
-    since = (before.get("last_reshard") or {}).get("id", 0)
-    log = _reshard_log()
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}  # manage.py's own settings
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "reshard", "--to", str(to)], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + RESHARD_S
-    while proc.poll() is None:
-        if time.monotonic() > deadline:
-            raise ApiError(f"The reshard to {to} shards (pid {proc.pid}) is still going after {RESHARD_S} s; it goes "
-                           f"on by itself. `python manage.py reshard --status` shows it; log: `{log}`.")
-        reshard_status(slot, client.shards(), since)
-        time.sleep(POLL_S)
-    job = client.shards().get("last_reshard")
-    if proc.returncode or not job or job["id"] <= since or job["state"] != "done":
-        raise ApiError(f"The reshard to {to} shards failed (exit {proc.returncode}): {_last_line(log)}. If it "
-                       "started, finish it with `python manage.py reshard --resume` or move it back with "
-                       f"`--rollback`. Log: `{log}`.")
-    reshard_status(slot, client.shards(), since)
+    """Move the data to `to` shards online (the strategy unchanged) through the controller, following
+    it in `slot` (lessons/reshard.py); then wait until the controller has retired what it no longer
+    needs. Returns the finished job as the admin shards API reports it. Raises ApiError."""
+    job = resharding.run(StackClient(), to, None, slot, RESHARD_S)
     try:
         topology_client().settled(SETTLE_S)   # the old shards retired, the new ones' replicas up
     except (TopologyError, requests.RequestException) as exc:
@@ -181,7 +124,7 @@ def _going(client: StackClient) -> str | None:
                 "the preset again.")
     job = client.shards().get("last_reshard")
     if job and job["state"] in ("moving", "rolling_back"):
-        return (f"{phases.reshard_line(job)}. A preset waits until it is done (or finished with `python manage.py "
+        return (f"{resharding.line(job)}. A preset waits until it is done (or finished with `python manage.py "
                 "reshard --resume` if it was interrupted).")
     return None
 
@@ -202,7 +145,7 @@ def run_preset(preset: phases.Preset, workload: dict, box) -> tuple[dict, list[s
         if shards != preset.shards:
             started = time.monotonic()
             job = reshard(preset.shards, slot)
-            steps.append(f"Resharded online in {time.monotonic() - started:.1f} s: {phases.reshard_line(job)}.")
+            steps.append(f"Resharded online in {time.monotonic() - started:.1f} s: {resharding.line(job)}.")
             box.write(steps[-1])
         for arm in phases.ARMS:
             if arm == "on":

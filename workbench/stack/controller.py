@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 
-from . import apps, autoscale, caddy, chaos, config, datanodes, failover, postgres, valkey
+from . import apps, autoscale, caddy, chaos, config, datanodes, failover, postgres, reshardjob, valkey
 from .process import CpuMeter, ProcessSpec, Supervised, stop_tree
 from api import served  # noqa: E402 - plain module: counters in the state Valkey, no Django needed
 
@@ -54,6 +54,7 @@ class Controller:
         self.cpu = CpuMeter()  # CPU percent between status calls (process.py)
         self.apps: apps.AppTier | None = None  # set when bring-up reaches the app tier; scaling waits till then
         self.chaos = chaos.Chaos(self)  # processes held down, nodes slowed (chaos.py)
+        self.reshard = reshardjob.ReshardJob(self)  # POST/GET /reshard: `manage.py reshard` as a child
 
     # --- events -------------------------------------------------------------------------------
     def log(self, event: str, **fields) -> None:
@@ -211,6 +212,7 @@ class Controller:
             procs = list(self.procs.values())
             if self.run_proc and self.run_proc.poll() is None:
                 stop_tree(self.run_proc.pid, timeout=5)
+        self.reshard.stop()
         # Front to back: nothing accepts requests while what it depends on goes away. Data nodes
         # started after the app servers (shards, replicas added live) still go after them.
         for proc in sorted(reversed(procs), key=lambda p: p.spec.role in ENGINE_ROLES):
@@ -343,6 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
             except live.QueryError as exc:
                 return self._send(400, {"error": str(exc), "field": exc.field})
             return self._send(200, live.snapshot(ctl, since))
+        if self.path == "/reshard":
+            return self._send(200, ctl.reshard.state())
         if self.path == "/runs":
             from workbench.loadgen import runs
             return self._send(200, {"current": ctl.run, "runs": runs.list_results(ctl.cfg)})
@@ -374,6 +378,8 @@ class _Handler(BaseHTTPRequestHandler):
             except RunBusy as exc:
                 return self._send(409, {"error": f"run {exc} is still going; one run at a time", "run": str(exc)})
             return self._send(202, run)
+        if self.path == "/reshard":  # {"to": N, "strategy": optional} (reshardjob.py)
+            return self._send(*self.controller.reshard.post(self.headers, self.rfile))
         if self.path == "/chaos":  # kill | stop | start | slow | failover (chaos.py)
             try:
                 length = int(self.headers.get("Content-Length") or 0)
