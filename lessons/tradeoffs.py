@@ -135,8 +135,9 @@ def probe_users(n: int = PROBE_USERS) -> list[int]:
     return users
 
 
-def _follow(work, seconds: float, slot, text: str):
-    """Run work() in a thread while `slot` shows the time spent against `seconds`; its result."""
+def _follow(work, seconds: float, slot, text: str, tick=None):
+    """Run work() in a thread while `slot` shows the time spent against `seconds` (and `tick()` is
+    called about every quarter second meanwhile); its result."""
     box: dict = {}
 
     def run():
@@ -152,6 +153,8 @@ def _follow(work, seconds: float, slot, text: str):
         elapsed = time.monotonic() - started
         if slot is not None:
             slot.progress(min(1.0, elapsed / max(seconds, 0.1)), text=f"{text}: {elapsed:.1f} of about {seconds:g} s")
+        if tick is not None:
+            tick()
         thread.join(0.25)
     if slot is not None:
         slot.empty()
@@ -161,12 +164,12 @@ def _follow(work, seconds: float, slot, text: str):
     return box["result"]
 
 
-def stale_probe(users: list[int], duration_s: float, slot=None, label: str = "stale-read probe") -> dict:
+def stale_probe(users: list[int], duration_s: float, slot=None, label: str = "stale-read probe", tick=None) -> dict:
     """The stale-read probe for `duration_s` (workbench/loadgen/staleprobe.py): writers as the
     operator, readers as other, anonymous clients."""
     probe = Probe(api_root(), users, duration_s=duration_s, readers=PROBE_READERS,
                   headers=_cfg().operator_headers())
-    return _follow(probe.run, duration_s, slot, label)
+    return _follow(probe.run, duration_s, slot, label, tick)
 
 
 def own_reads(user_id: int, pairs: int = OWN_PAIRS) -> dict:
@@ -197,8 +200,8 @@ def own_reads(user_id: int, pairs: int = OWN_PAIRS) -> dict:
     return {"pairs": pairs, "stale": stale, "errors": errors, "nodes": dict(nodes), "versions": sorted(versions)}
 
 
-def replica_lag(user_id: int, reads: int = 5) -> list[float]:
-    """The replay lag (ms) that replicas answering anonymous reads reported (X-DB-Lag-Ms), now."""
+def replica_lag(user_id: int, reads: int = 1) -> list[float]:
+    """The replay lag (ms) that a replica answering anonymous reads reported (X-DB-Lag-Ms), now."""
     lags = []
     with requests.Session() as http:
         for _ in range(reads):
@@ -243,9 +246,10 @@ def consistency(cases: list[str], delay_ms: float, duration_s: float, rate: floa
             if slot is not None:
                 slot.info(f"{case}: applying the topology...")
             version = apply(CONSISTENCY_CASES[case], topo)
-            probe = stale_probe(users, duration_s, slot, f"{case}: stale-read probe")
+            lag: list[float] = []   # sampled while the probe writes: an idle replica has nothing to lag behind
+            probe = stale_probe(users, duration_s, slot, f"{case}: stale-read probe",
+                                tick=lambda: lag.extend(replica_lag(users[-1])))
             own = own_reads(users[0])
-            lag = replica_lag(users[0])
             run = measured.measure({"mode": "open", "rate": rate, "duration_s": duration_s, **WRITES},
                                    f"trade-offs: writes, {case}", slot)
             rows.append({"case": case, "set": CONSISTENCY_CASES[case], "version": version, "probe": probe, "own": own,
