@@ -6,7 +6,13 @@ RunClient.get), the runs ran under the topology the experiment set (saved with e
 measured behaves as the mechanism says it must (the writer's own reads on the primary with
 read-your-writes, no stale read under remote_apply and every write waiting out the replica's apply
 delay; no stale read with event invalidation, stale ones with TTL only; profile documents answered
-from the read model), and the topology is exactly as before afterwards. The stale-read table is the
+from the read model), and the topology is exactly as before afterwards. Whether a read is stale
+depends on timing (a read slower than the apply delay sees the write), so "some reads are stale" is
+asserted only once the probe made ENOUGH_READS; "none is" always.
+
+Time: about 52 s of calls on a quiet machine, 85 s at a load average near 20 (2 cores shared with
+other engineers' stacks), beyond the session stack's start. `manage.py write_behind_loss` (the
+page's SIGKILL of the state Valkey) is left to tests/test_write_behind.py. The stale-read table is the
 one `manage.py stale_probe` saved, as the admin cache API serves it. The p95-vs-cost curve is the
 capacity model's for the Clarify answers, budget included, and labelled modelled. An unreachable
 stack gets a message that says what to do.
@@ -31,7 +37,7 @@ sys.path.insert(0, {str(ROOT)!r})
 from lessons.app_pages import tradeoffs
 tradeoffs.render()
 """
-TIMEOUT_S = 300          # a few 2 s runs, each with the generator's start, plus topology changes
+TIMEOUT_S = 300         # a few 1-2 s runs, each with the generator's start, plus topology changes
 DELAY_MS = 300          # stale_probe's lagging replica: about half the reads of it are stale
 SECONDS = 1             # per case: the probe, and each measured run
 # The probe's 10 users have 20 keys (a profile and a posts page each): with twice as many reads,
