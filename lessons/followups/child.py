@@ -198,6 +198,11 @@ def saved_run(run_id: str, title: str | None = None) -> dict | None:
         st.error(str(exc))
         return None
     measured.run_card(result, title)
+    s = result["summary"]
+    if not s["valid"]:  # as the Load test page does: kept apart, collapsed, and said to be no result
+        with st.expander(f"Latency figures of this INVALID run: {measured.INVALID_NOTE}", icon=":material/block:"):
+            for col, p in zip(st.columns(3), ("p50", "p95", "p99")):
+                col.metric(f"{p} latency", measured.ms(s["latency"][f"{p}_ms"]))
     return result
 
 
