@@ -177,6 +177,10 @@ class Watcher:
     def __init__(self, ctl):
         self.ctl = ctl
         self.down_since: dict[int, float] = {}
+        # Per shard, the wall time a failover finished: a report sampled before then still shows
+        # the fenced primary down, and once counted as a second outage (the promoted primary was
+        # fenced in turn 0.8 s after `failover_done`).
+        self.failed_over_at: dict[int, float] = {}
 
     def run_forever(self) -> None:
         while not self.ctl.stopping.wait(WATCH_INTERVAL_S):
@@ -195,10 +199,12 @@ class Watcher:
         now = time.monotonic()
         for group in dn.running_groups():
             node = report.nodes.get(group.primary, {})
-            if node.get("healthy", True):
+            if node.get("healthy", True) or report.at <= self.failed_over_at.get(group.number, 0.0):
                 self.down_since.pop(group.number, None)
                 continue
             since = self.down_since.setdefault(group.number, now)
             if now - since >= t.failover.grace_s:
                 self.down_since[group.number] = now  # if it cannot run, try again a grace period later
                 run(self.ctl, group.number, reason=f"auto: down for {now - since:.1f}s")
+                self.failed_over_at[group.number] = time.time()
+                self.down_since.pop(group.number, None)
