@@ -81,7 +81,10 @@ def round_trip_ms(node: str, emulation: Emulation) -> float:
     """The round trip injected before a query on `node`: the emulated network, plus the region hop
     for a replica placed in another region."""
     rtt = emulation.rtt_ms if emulation.enabled else 0.0
-    if emulation.remote_replica and node == f"replica-{emulation.remote_replica}":
+    # Replica N of every shard ("replica-N" on shard 1, "shard-K-replica-N" beyond), as the
+    # stale replica is chosen (topology.py): the region holds a copy of each shard.
+    n = emulation.remote_replica
+    if n and (node == f"replica-{n}" or node.endswith(f"-replica-{n}")):
         rtt += emulation.region_rtt_ms
     return rtt + chaos_slow_ms(node)
 
