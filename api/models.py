@@ -152,7 +152,7 @@ class Workspace(models.Model):
     assumptions). `version` goes up by one on every write, so a client that sends the version it
     read cannot overwrite a change it has not seen (api/workspace.py). A workshop's learners
     (issue 14) keep theirs here too, under their own accounts."""
-    KINDS = ("notes", "clarify", "estimate")
+    KINDS = ("notes", "clarify", "estimate", "baseline")
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="workspaces")
     kind = models.CharField(max_length=16)

@@ -139,8 +139,13 @@ def test_a_pinned_baseline_puts_the_other_runs_against_it(phase1):
         assert delta == pytest.approx(on["summary"]["latency"]["p95_ms"] - off["summary"]["latency"]["p95_ms"])
     else:
         assert delta is None or math.isnan(delta)
+    # The pin is saved in the member's workspace: a new session starts from it.
+    again = ok(AppTest.from_string(SCALE, default_timeout=TIMEOUT_S).run())
+    assert again.session_state[scale.BASELINE] == off["id"]
+    assert [m.value for m in again.markdown if m.value.startswith(f"**baseline** \u00b7 run `{off['id']}`")]
     ok(at.button(key="scale_unpin_phase1_off").click().run())
     assert not at.session_state[scale.BASELINE]
+    assert not ok(AppTest.from_string(SCALE, default_timeout=TIMEOUT_S).run()).session_state[scale.BASELINE]
 
 
 def test_an_invalid_run_shows_as_invalid_with_its_reason_and_no_latency(client, stack):

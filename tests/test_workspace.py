@@ -112,4 +112,4 @@ def test_the_schema_documents_the_workspace():
     assert item["put"]["security"] == [{"jwt": []}, {"oauth2": ["write"]}]
     assert {"200", "304", "401", "403", "404"} <= set(item["get"]["responses"])
     assert {"200", "400", "401", "403", "404", "409", "413"} <= set(item["put"]["responses"])
-    assert set(item["get"]["parameters"][0]["schema"]["enum"]) == {"notes", "clarify", "estimate"}
+    assert set(item["get"]["parameters"][0]["schema"]["enum"]) == {"notes", "clarify", "estimate", "baseline"}

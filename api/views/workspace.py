@@ -17,7 +17,7 @@ from .v1 import _validated
 PRIVATE = {"Cache-Control": "private, no-cache"}  # one member's data: no shared cache may keep it
 KIND = OpenApiParameter("kind", str, OpenApiParameter.PATH, enum=list(workspace.KINDS), description=(
     "`notes`: the Practice page's notes per phase; `clarify`: the Clarify page's answers; `estimate`: "
-    "the Estimate page's assumptions."))
+    "the Estimate page's assumptions; `baseline`: the run pinned as the Scale page's baseline."))
 
 
 class WorkspaceSerializer(serializers.Serializer):

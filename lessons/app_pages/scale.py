@@ -8,8 +8,8 @@ with the seed's figure for the phase and what the capacity model says the phase'
 (labelled modelled). Charts compare the phases' saved runs; a run can be pinned as the baseline.
 
 A reshard goes through the stack controller (POST /reshard runs `manage.py reshard` as its child) and
-is followed through GET /api/v1/admin/shards (lessons/reshard.py). The pinned baseline lives in the
-browser session: the workspace API keeps only notes, clarify and estimate documents."""
+is followed through GET /api/v1/admin/shards (lessons/reshard.py). The pinned baseline is kept in the
+signed-in member's `baseline` workspace (lessons/workspace.py), so a new session starts from it."""
 from __future__ import annotations
 
 import time
@@ -20,7 +20,7 @@ import requests
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from lessons import measured, phases
+from lessons import measured, phases, workspace
 from lessons import reshard as resharding
 from lessons.app_pages.load_test import CPU_SATURATED
 from lessons.client import ApiError, StackClient
@@ -38,6 +38,7 @@ MODELLED = "modelled"
 SHARED = "measured here, shared CPU"
 RUNS = "scale_runs"            # {preset key: {arm: run id}}
 BASELINE = "scale_baseline"    # the pinned run's id
+PIN_ERROR = "scale_pin_error"  # why the pin could not be saved or read
 LAST = "scale_last"            # the last press: {"preset", "steps", "error"}
 SHOW = "scale_show"
 ARM_TITLE = {"off": "emulation off", "on": "emulation on"}
@@ -244,7 +245,25 @@ def _workload() -> dict:
 
 # --- showing runs ---------------------------------------------------------------------------------
 def _pin(run_id: str | None) -> None:
+    """Pin (or unpin) in this session and in the member's `baseline` workspace, so the pin survives
+    a new session; a save that fails keeps the session's pin and says why."""
     st.session_state[BASELINE] = run_id
+    try:
+        workspace.save(StackClient(), "baseline", {"run": run_id}, overwrite=True)
+        st.session_state.pop(PIN_ERROR, None)
+    except ApiError as exc:
+        st.session_state[PIN_ERROR] = f"The pin holds for this session only: saving it failed. {exc}"
+
+
+def _saved_pin(client: StackClient) -> None:
+    """A new session starts from the pin saved in the workspace."""
+    if BASELINE in st.session_state:
+        return
+    try:
+        st.session_state[BASELINE] = (workspace.load(client, "baseline")["data"] or {}).get("run")
+    except ApiError as exc:
+        st.session_state[BASELINE] = None
+        st.session_state[PIN_ERROR] = f"The saved baseline could not be read: {exc}"
 
 
 def _results(ids: dict) -> tuple[dict, list[str]]:
@@ -482,6 +501,8 @@ def _charts(rows: list[dict], results: dict, base: dict | None, shards: dict) ->
 def _baseline(rows: list[dict]) -> dict | None:
     """The pinned run, shown; None when nothing is pinned or it cannot be read."""
     st.subheader("Against the baseline")
+    if st.session_state.get(PIN_ERROR):
+        st.warning(st.session_state[PIN_ERROR])
     pinned = st.session_state.get(BASELINE)
     if not pinned:
         st.caption("Pin a run as the baseline (the button under each run) to see every other run against it.")
@@ -492,8 +513,8 @@ def _baseline(rows: list[dict]) -> dict | None:
         st.error(f"The pinned baseline could not be read: {exc}")
         return None
     measured.run_card(base, "baseline")
-    st.caption("Pinned in this browser session. The workspace API keeps only notes, clarify and estimate "
-               "documents, so a pin does not survive a new session; the runs themselves stay saved.")
+    st.caption(f"Pinned as {workspace.who()}, saved in the `baseline` workspace through the API, so a new "
+               "session starts from it.")
     b = measured.figures(base)
     out = []
     for r in rows:
@@ -594,6 +615,7 @@ def render() -> None:
                f"per-node concurrency limit; in Phase 4 a replica in another region). Figures marked '{MODELLED}' "
                "come from the capacity model; every other figure is a saved run, measured on this one machine.")
     client = StackClient()
+    _saved_pin(client)
     workload = _workload()
     now = st.container()      # drawn after a press, so it shows what the press left
     pressed = _presets()
