@@ -2,6 +2,7 @@
 the time series sums to the totals, both app servers are attributed, the result is saved with its
 context; one run at a time; bad workloads are refused naming the field; `manage.py loadtest` works."""
 import json
+from datetime import datetime
 import os
 import subprocess
 import sys
@@ -98,6 +99,11 @@ def test_result_is_saved_with_its_context(first_run, stack_config):
     assert 0 <= m["cpu"]["mean_percent"] <= 100
     assert {"Django", "aiohttp", "hdrhistogram"} <= set(saved["versions"])
     assert saved["model"].startswith("open")
+    # When the schedule began, not when the result was written: a whole run's duration before the
+    # file's modification time (the saving happens after the last answer).
+    started = datetime.fromisoformat(saved["started_at"]).timestamp()
+    assert started <= path.stat().st_mtime - DURATION_S + 0.5, (saved["started_at"], path.stat().st_mtime)
+    assert started >= path.stat().st_mtime - DURATION_S - 120
     runs = requests.get(stack_config.controller_url + "/runs",
                         headers={"Authorization": f"Bearer {stack_config.controller_token()}"}, timeout=10).json()
     listed = {r["id"] for r in runs["runs"]}

@@ -115,8 +115,8 @@ def _measured(client: StackClient, figures, answers: envelope.Answers, assumed: 
                            if m["asked_rps"] is not None else " Closed loop: as fast as the stack answered."))
     cols[2].metric("Per app server (shared-CPU)", envelope.human(m["per_server_rps"], "req/s"),
                    help=f"Achieved / {m['app_servers']} app server(s), all on the same cores.")
-    if not m["valid"]:
-        st.error(f"This run is INVALID ({m['invalid_reason']}): its latencies are the generator's, not the "
+    if not m["valid"]:  # a property of the run, not a failure of the page: a warning
+        st.warning(f"This run is INVALID ({m['invalid_reason']}): its latencies are the generator's, not the "
                  "server's, so its p95 is not shown.")
     st.table(pd.DataFrame(envelope.compare(figures, answers, assumed, m)).rename(columns={
         "figure": "figure", "estimate": "estimate (yours)", "measured": "measured here", "kind": "what the "

@@ -24,7 +24,6 @@ import urllib.parse
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 
 import psycopg
 
@@ -211,7 +210,7 @@ def save(cfg: config.StackConfig, o: Outcome, rec, w: Workload, label: str, wall
     """The run saved as the controller saves one (workbench/loadgen/runs.py), the outcome under "fault"."""
     run_id = runs.new_run_id()
     result = {
-        "id": run_id, "label": label, "target": cfg.api_url, "started_at": datetime.now(timezone.utc).isoformat(),
+        "id": run_id, "label": label, "target": cfg.api_url, "started_at": runs.started_iso(rec),
         "wall_s": round(wall_s, 2), "workload": w.to_dict(), "processes": 1, "topology": runs.topology_of(cfg),
         "machine": {**runs.machine(), "cpu": cpu.summary()}, "versions": runs.versions(),
         "model": "open (latency from intended send time)", "summary": rec.summary(w.duration_s),

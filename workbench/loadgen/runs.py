@@ -177,6 +177,12 @@ def results_dir(cfg: StackConfig) -> Path:
     return path
 
 
+def started_iso(recorder) -> str:
+    """When the run's schedule began (the recorder's zero), as ISO 8601 UTC; now if it never began."""
+    at = recorder.started_at
+    return (datetime.fromtimestamp(at, timezone.utc) if at else datetime.now(timezone.utc)).isoformat()
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
@@ -208,7 +214,7 @@ def execute(cfg: StackConfig, w: Workload, *, run_id: str | None = None, topolog
     done.set()
     summary = recorder.summary(w.duration_s)
     result = {
-        "id": run_id, "label": label, "target": target, "started_at": datetime.now(timezone.utc).isoformat(),
+        "id": run_id, "label": label, "target": target, "started_at": started_iso(recorder),
         "wall_s": round(wall, 2), "workload": w.to_dict(), "processes": processes,
         "topology": topology or topology_of(cfg),
         "machine": {**machine(), "cpu": cpu.summary()}, "versions": versions(),
