@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+from workbench.loadgen import engine
 from workbench.loadgen.recorder import server_timing
 
 LOW_Q, HIGH_Q = 0.10, 0.90
@@ -117,10 +118,11 @@ def access_records(lines, start_ts: float, end_ts: float) -> list[dict]:
 
 
 def run_window(result: dict) -> tuple[float, float]:
-    """The run's wall-clock window in epoch seconds. `started_at` is stamped when the result is
-    built, after the last answer, so the run began wall_s before it."""
-    end = datetime.fromisoformat(result["started_at"]).timestamp()
-    return end - float(result["wall_s"]) - 1.0, end + 1.0
+    """The run's wall-clock window in epoch seconds, a second's margin each side. `started_at` is
+    the schedule's zero (runs.started_iso); the generator opened its connections START_LEAD_S
+    before it, and `wall_s` runs from then to the last answer."""
+    zero = datetime.fromisoformat(result["started_at"]).timestamp()
+    return zero - engine.START_LEAD_S - 1.0, zero + float(result["wall_s"]) + 1.0
 
 
 def read_access_log(log_dir: Path, result: dict) -> list[dict]:
